@@ -1,0 +1,419 @@
+//! `eventstore.append(stream text, events jsonb, expected_version bigint DEFAULT NULL)`.
+//!
+//! One call appends all its events or none: the stream's append lock is taken, its version
+//! read and checked against the expectation, positions reserved, and the rows inserted in one
+//! statement. A retry of an append whose reply was lost finds its events by id and returns
+//! them without writing again.
+
+use std::collections::HashMap;
+
+use pgrx::datum::FromDatum;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::error::{
+    concurrent_append, duplicate_event_id, invalid_parameter, out_of_order, raise,
+    wrong_expected_version,
+};
+use crate::event_batch::{self, NewEvent};
+use crate::limits::MAX_STREAM_BYTES;
+use crate::spi::{Connection, Statement};
+use crate::{position, stream_lock};
+
+/// The four expectations of `expected_version`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ExpectedVersion {
+    /// `NULL`: append whatever the stream's version.
+    Any,
+    /// `-1`: the stream must not exist.
+    NoStream,
+    /// `-2`: the stream must exist.
+    StreamExists,
+    /// `n >= 0`: the stream's last event must have version `n`.
+    Exact(i64),
+}
+
+impl ExpectedVersion {
+    pub(crate) const NO_STREAM: i64 = -1;
+    pub(crate) const STREAM_EXISTS: i64 = -2;
+
+    fn from_sql(value: Option<i64>) -> Self {
+        match value {
+            None => Self::Any,
+            Some(Self::NO_STREAM) => Self::NoStream,
+            Some(Self::STREAM_EXISTS) => Self::StreamExists,
+            Some(version) if version >= 0 => Self::Exact(version),
+            Some(other) => raise(
+                invalid_parameter(format!("expected_version {other} is not valid")).set_hint(
+                    "Use NULL (any version), -1 (no stream), -2 (stream exists) or a version >= 0.",
+                ),
+            ),
+        }
+    }
+
+    /// Whether a stream whose last version is `current` (-1: absent) meets the expectation.
+    fn accepts(self, current: i64) -> bool {
+        match self {
+            Self::Any => true,
+            Self::NoStream => current == -1,
+            Self::StreamExists => current >= 0,
+            Self::Exact(version) => current == version,
+        }
+    }
+
+    /// Whether an append with this expectation could have stored its first event at `first`.
+    fn could_have_started_at(self, first: i64) -> bool {
+        self.accepts(first - 1)
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Self::Any => "any version".to_owned(),
+            Self::NoStream => "no stream (-1)".to_owned(),
+            Self::StreamExists => "an existing stream (-2)".to_owned(),
+            Self::Exact(version) => version.to_string(),
+        }
+    }
+}
+
+/// What `append` returns: the versions and positions of the first and last event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Appended {
+    first_version: i64,
+    last_version: i64,
+    first_position: i64,
+    last_position: i64,
+}
+
+static STREAM_HEAD: Statement = Statement {
+    sql: c"SELECT version, position FROM eventstore.events WHERE stream = $1 ORDER BY version DESC LIMIT 1",
+    arg_types: &[pg_sys::TEXTOID],
+};
+
+static EVENTS_BY_ID: Statement = Statement {
+    sql: c"SELECT id, stream, version, position FROM eventstore.events WHERE id = ANY ($1)",
+    arg_types: &[pg_sys::UUIDARRAYOID],
+};
+
+static INSERT_ONE: Statement = Statement {
+    sql: c"INSERT INTO eventstore.events (position, stream, version, type, data, metadata, id) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    arg_types: &[
+        pg_sys::INT8OID,
+        pg_sys::TEXTOID,
+        pg_sys::INT8OID,
+        pg_sys::TEXTOID,
+        pg_sys::JSONBOID,
+        pg_sys::JSONBOID,
+        pg_sys::UUIDOID,
+    ],
+};
+
+static INSERT_MANY: Statement = Statement {
+    sql: c"INSERT INTO eventstore.events (position, stream, version, type, data, metadata, id) \
+           SELECT $1 + e.n - 1, $2, $3 + e.n - 1, e.type, e.data, e.metadata, e.id \
+           FROM unnest($4, $5, $6, $7) WITH ORDINALITY AS e(type, data, metadata, id, n)",
+    arg_types: &[
+        pg_sys::INT8OID,
+        pg_sys::TEXTOID,
+        pg_sys::INT8OID,
+        pg_sys::TEXTARRAYOID,
+        pg_sys::JSONBARRAYOID,
+        pg_sys::JSONBARRAYOID,
+        pg_sys::UUIDARRAYOID,
+    ],
+};
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_eventstore_append() -> &'static pg_sys::Pg_finfo_record {
+    const V1_API: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1_API
+}
+
+/// The C entry point of `eventstore.append`, declared in `sql/append.sql`. It takes the
+/// `jsonb` argument as a raw datum so events are never converted to text and back.
+///
+/// # Safety
+/// Called by Postgres' function manager with the arguments declared in `sql/append.sql`.
+#[unsafe(no_mangle)]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn eventstore_append(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    use pgrx::fcinfo::{pg_getarg, pg_getarg_datum};
+    // SAFETY: the argument types are those of the SQL declaration.
+    let (stream_datum, stream, events, expected) = unsafe {
+        let stream_datum = pg_getarg_datum(fcinfo, 0);
+        let stream = pg_getarg::<&str>(fcinfo, 0);
+        let events = pg_getarg_datum(fcinfo, 1);
+        let expected = pg_getarg::<i64>(fcinfo, 2);
+        (stream_datum, stream, events, expected)
+    };
+    let (Some(stream_datum), Some(stream)) = (stream_datum, stream) else {
+        raise(invalid_parameter("stream must not be NULL"));
+    };
+    check_stream_name(stream);
+    let Some(events) = events else {
+        raise(invalid_parameter("events must not be NULL"));
+    };
+    let expected = ExpectedVersion::from_sql(expected);
+    let batch = event_batch::parse(events);
+    let appended = append(stream_datum, stream, &batch, expected);
+    // SAFETY: fcinfo is the live call; the result type is eventstore.append_result.
+    unsafe { result_tuple(fcinfo, appended) }
+}
+
+/// Refuses NULL-free but unusable stream names with 22023.
+pub(crate) fn check_stream_name(stream: &str) {
+    if stream.is_empty() {
+        raise(invalid_parameter("stream must not be empty"));
+    }
+    if stream.len() > MAX_STREAM_BYTES {
+        raise(invalid_parameter(format!(
+            "stream name is {} bytes long; the limit is {MAX_STREAM_BYTES}",
+            stream.len()
+        )));
+    }
+}
+
+fn append(
+    stream_datum: pg_sys::Datum,
+    stream: &str,
+    batch: &[NewEvent],
+    expected: ExpectedVersion,
+) -> Appended {
+    stream_lock::lock_stream(stream);
+    let spi = Connection::open();
+
+    let head = spi.execute(&STREAM_HEAD, &[Some(stream_datum)]);
+    let (current, last_position) = if head.len() == 0 {
+        (-1, -1)
+    } else {
+        (
+            head.i64(0, 1).expect("version is NOT NULL"),
+            head.i64(0, 2).expect("position is NOT NULL"),
+        )
+    };
+
+    // SAFETY: a plain read of the session's isolation level.
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        // The transaction's snapshot may predate an append that committed while this one
+        // waited for the lock; appending on top of a version it cannot see would be a lost
+        // update, so fail the way Postgres fails such a transaction.
+        let latest = spi.query_latest(&STREAM_HEAD, &[Some(stream_datum)]);
+        let latest = if latest.len() == 0 {
+            -1
+        } else {
+            latest.i64(0, 1).expect("NOT NULL")
+        };
+        if latest != current {
+            raise(concurrent_append(stream, current, latest));
+        }
+    }
+
+    let version_matches = expected.accepts(current);
+    let may_be_retry = batch.iter().any(|event| event.id_supplied)
+        && (!version_matches
+            || matches!(
+                expected,
+                ExpectedVersion::Any | ExpectedVersion::StreamExists
+            ));
+    if may_be_retry {
+        if let Some(stored) = already_stored(&spi, stream, batch, expected) {
+            return stored;
+        }
+    }
+    if !version_matches {
+        raise(wrong_expected_version(
+            stream,
+            &expected.describe(),
+            current,
+        ));
+    }
+
+    let count = batch.len() as i64;
+    let first_position = position::reserve(batch.len());
+    if first_position <= last_position {
+        // This transaction took its id before the one that wrote the stream's last event, and
+        // waited for that one's lock. Its events would sort before that event in the global
+        // log, against the stream's order.
+        raise(out_of_order(stream, last_position));
+    }
+    let first_version = current + 1;
+    insert(&spi, stream_datum, first_version, first_position, batch);
+    Appended {
+        first_version,
+        last_version: first_version + count - 1,
+        first_position,
+        last_position: first_position + count - 1,
+    }
+}
+
+/// If every event of `batch` is already stored, in this stream, at consecutive versions in
+/// the batch's order, and the expectation fits where they start, this is the retry of an
+/// append that succeeded: return what it returned. Any other stored id is a conflict (23505).
+fn already_stored(
+    spi: &Connection,
+    stream: &str,
+    batch: &[NewEvent],
+    expected: ExpectedVersion,
+) -> Option<Appended> {
+    let ids: Vec<pgrx::datum::Uuid> = batch
+        .iter()
+        .filter(|event| event.id_supplied)
+        .map(|event| pgrx::datum::Uuid::from_bytes(*event.id.as_bytes()))
+        .collect();
+    let rows = spi.execute(&EVENTS_BY_ID, &[ids.into_datum()]);
+    if rows.len() == 0 {
+        return None;
+    }
+    let mut stored: HashMap<uuid::Uuid, (String, i64, i64)> = HashMap::with_capacity(rows.len());
+    for row in 0..rows.len() {
+        // SAFETY: the columns are uuid, text, int8 and int8, none NULL.
+        let (id, row_stream) = unsafe {
+            let id = pgrx::datum::Uuid::from_datum(rows.datum(row, 1).expect("NOT NULL"), false)
+                .expect("NOT NULL");
+            let row_stream =
+                String::from_datum(rows.datum(row, 2).expect("NOT NULL"), false).expect("NOT NULL");
+            (uuid::Uuid::from_bytes(*id.as_bytes()), row_stream)
+        };
+        let version = rows.i64(row, 3).expect("NOT NULL");
+        let position = rows.i64(row, 4).expect("NOT NULL");
+        stored.insert(id, (row_stream, version, position));
+    }
+
+    let first = stored.get(&batch[0].id);
+    if let Some((first_stream, first_version, first_position)) = first {
+        let is_retry = first_stream == stream
+            && expected.could_have_started_at(*first_version)
+            && batch.iter().enumerate().all(|(offset, event)| {
+                matches!(stored.get(&event.id),
+                    Some((s, v, _)) if s == stream && *v == first_version + offset as i64)
+            });
+        if is_retry {
+            let last = &stored[&batch[batch.len() - 1].id];
+            return Some(Appended {
+                first_version: *first_version,
+                last_version: last.1,
+                first_position: *first_position,
+                last_position: last.2,
+            });
+        }
+    }
+    let (id, (used_by, version, _)) = batch
+        .iter()
+        .find_map(|event| stored.get(&event.id).map(|found| (event.id, found)))
+        .expect("at least one id is stored");
+    raise(duplicate_event_id(&id.to_string(), used_by, *version));
+}
+
+fn insert(
+    spi: &Connection,
+    stream: pg_sys::Datum,
+    first_version: i64,
+    first_position: i64,
+    batch: &[NewEvent],
+) {
+    let rows = if let [event] = batch {
+        spi.execute(
+            &INSERT_ONE,
+            &[
+                Some(pg_sys::Datum::from(first_position)),
+                Some(stream),
+                Some(pg_sys::Datum::from(first_version)),
+                Some(event.event_type),
+                Some(event.data),
+                Some(event.metadata),
+                Some(event.id_datum()),
+            ],
+        )
+    } else {
+        // SAFETY: the element datums have the array's element type.
+        let (types, data, metadata, ids) = unsafe {
+            (
+                array(
+                    batch.iter().map(|e| e.event_type),
+                    pg_sys::TEXTOID,
+                    -1,
+                    pg_sys::TYPALIGN_INT,
+                ),
+                array(
+                    batch.iter().map(|e| e.data),
+                    pg_sys::JSONBOID,
+                    -1,
+                    pg_sys::TYPALIGN_INT,
+                ),
+                array(
+                    batch.iter().map(|e| e.metadata),
+                    pg_sys::JSONBOID,
+                    -1,
+                    pg_sys::TYPALIGN_INT,
+                ),
+                array(
+                    batch.iter().map(NewEvent::id_datum),
+                    pg_sys::UUIDOID,
+                    16,
+                    pg_sys::TYPALIGN_CHAR,
+                ),
+            )
+        };
+        spi.execute(
+            &INSERT_MANY,
+            &[
+                Some(pg_sys::Datum::from(first_position)),
+                Some(stream),
+                Some(pg_sys::Datum::from(first_version)),
+                Some(types),
+                Some(data),
+                Some(metadata),
+                Some(ids),
+            ],
+        )
+    };
+    assert_eq!(rows.len(), batch.len(), "every event is inserted");
+}
+
+/// A one-dimensional array of by-reference elements.
+unsafe fn array(
+    elements: impl Iterator<Item = pg_sys::Datum>,
+    element_type: pg_sys::Oid,
+    element_len: i32,
+    align: u8,
+) -> pg_sys::Datum {
+    let mut elements: Vec<pg_sys::Datum> = elements.collect();
+    // SAFETY: the caller passes datums of `element_type`.
+    unsafe {
+        pg_sys::Datum::from(pg_sys::construct_array(
+            elements.as_mut_ptr(),
+            elements.len() as i32,
+            element_type,
+            element_len,
+            false,
+            align as std::ffi::c_char,
+        ))
+    }
+}
+
+unsafe fn result_tuple(fcinfo: pg_sys::FunctionCallInfo, appended: Appended) -> pg_sys::Datum {
+    // SAFETY: fcinfo is the live call of a function returning a composite type.
+    unsafe {
+        let mut tupdesc: pg_sys::TupleDesc = std::ptr::null_mut();
+        let class = pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut tupdesc);
+        assert_eq!(
+            class,
+            pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE,
+            "append returns a row"
+        );
+        let tupdesc = pg_sys::BlessTupleDesc(tupdesc);
+        let mut values = [
+            pg_sys::Datum::from(appended.first_version),
+            pg_sys::Datum::from(appended.last_version),
+            pg_sys::Datum::from(appended.first_position),
+            pg_sys::Datum::from(appended.last_position),
+        ];
+        let mut nulls = [false; 4];
+        let tuple = pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
+    }
+}
