@@ -146,8 +146,7 @@ fn _check_consumer_group(member: Option<i32>, size: Option<i32>) -> bool {
 }
 
 #[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
-mod tests;
+mod pg_tests;
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]
