@@ -1,1 +1,140 @@
+//! Test harness: a fresh database with pg_eventstore for each test, on the server named by
+//! `DATABASE_URL` (the README's test command starts a private cluster and sets it).
 
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+const TEMPLATE: &str = "eventstore_test_template";
+
+/// A database of its own, created from a template that has the extension, dropped on drop.
+pub struct TestDb {
+    pub pool: PgPool,
+    pub name: String,
+    admin: PgConnectOptions,
+}
+
+fn admin_options() -> PgConnectOptions {
+    let url = std::env::var("DATABASE_URL").expect(
+        "DATABASE_URL must name a PostgreSQL server with pg_eventstore installed; \
+         run the README's test command (scripts/test.sh), which starts one",
+    );
+    PgConnectOptions::from_str(&url).expect("DATABASE_URL is a valid URL")
+}
+
+async fn ensure_template(admin: &mut PgConnection) {
+    // Test binaries may run at once; one creates the template, the others wait.
+    sqlx::query("SELECT pg_advisory_lock(7340001)")
+        .execute(&mut *admin)
+        .await
+        .unwrap();
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+            .bind(TEMPLATE)
+            .fetch_one(&mut *admin)
+            .await
+            .unwrap();
+    if !exists {
+        sqlx::query(&format!("CREATE DATABASE {TEMPLATE}"))
+            .execute(&mut *admin)
+            .await
+            .unwrap();
+        let mut template = admin_options().database(TEMPLATE).connect().await.unwrap();
+        sqlx::query("CREATE EXTENSION pg_eventstore")
+            .execute(&mut template)
+            .await
+            .unwrap();
+        template.close().await.unwrap();
+    }
+    sqlx::query("SELECT pg_advisory_unlock(7340001)")
+        .execute(&mut *admin)
+        .await
+        .unwrap();
+}
+
+impl TestDb {
+    /// A new, empty event store with room for `connections` concurrent connections.
+    pub async fn new(connections: u32) -> TestDb {
+        let admin = admin_options();
+        let mut conn = admin.connect().await.expect("connect to DATABASE_URL");
+        ensure_template(&mut conn).await;
+        let name = format!("es_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        let pool = PgPoolOptions::new()
+            .max_connections(connections)
+            .connect_with(admin.clone().database(&name))
+            .await
+            .unwrap();
+        TestDb { pool, name, admin }
+    }
+
+    /// A connection outside the pool, for tests that hold transactions open.
+    pub async fn connect(&self) -> PgConnection {
+        self.admin
+            .clone()
+            .database(&self.name)
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Closes the pool and drops the database.
+    pub async fn drop_database(self) {
+        self.pool.close().await;
+        let mut conn = self.admin.connect().await.unwrap();
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+}
+
+/// The SQLSTATE of a failed query, or `None` for success and non-database errors.
+pub fn sqlstate<T>(result: &Result<T, sqlx::Error>) -> Option<String> {
+    match result {
+        Err(error) => error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned()),
+        Ok(_) => None,
+    }
+}
+
+/// One event as the global log returns it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LogEntry {
+    pub position: i64,
+    pub stream: String,
+    pub version: i64,
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+    pub id: uuid::Uuid,
+}
+
+/// Reads the global log after `after` in pages of `page` until it is exhausted.
+pub async fn read_all_from(pool: &PgPool, mut after: i64, page: i32) -> Vec<LogEntry> {
+    let mut out = Vec::new();
+    loop {
+        let batch: Vec<LogEntry> = sqlx::query_as(
+            "SELECT position, stream, version, type, id FROM eventstore.read_all($1, $2)",
+        )
+        .bind(after)
+        .bind(page)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        match batch.last() {
+            None => return out,
+            Some(last) => after = last.position,
+        }
+        out.extend(batch);
+    }
+}
