@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Brings a fresh Debian 12 machine to the state the project builds and runs in. Idempotent:
+# each step is skipped when already done. Run as root, or as a user with sudo.
+set -euo pipefail
+
+SUDO=
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+
+packages=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+    || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! cargo pgrx --version 2>/dev/null | grep -q ' 0\.18\.0$'; then
+  echo "setup: installing cargo-pgrx 0.18.0 (about 5 minutes)"
+  cargo install cargo-pgrx --version 0.18.0 --locked
+fi
+
+if ! grep -qs '^pg15 *= *"/usr/bin/pg_config"' "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+  cargo pgrx init --pg15 /usr/bin/pg_config >/dev/null
+fi
