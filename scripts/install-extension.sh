@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 sudo_flag=()
 if [ "$(id -u)" != 0 ]; then sudo_flag=(--sudo); fi
 cargo pgrx install -p pg_eventstore --pg-config /usr/bin/pg_config "${sudo_flag[@]}" "$@" \
-  | grep -E '^\s*(Finished|error)' || true
+  2>&1 | grep -E "^\s*(Finished|error)" || true
 test -f "$(/usr/bin/pg_config --sharedir)/extension/pg_eventstore.control"

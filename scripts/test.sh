@@ -9,12 +9,15 @@ root=$PWD
 
 scripts/setup.sh
 
+# Every stage's output also goes to a log, from which the closing summary line is counted.
+log=$(mktemp)
+
 # Folders the postgres user writes to.
 mkdir -p target/pg
 if [ "$(id -u)" = 0 ]; then chown postgres: target/pg; fi
 
 echo "== pg_test: SQL functions and errors, inside PostgreSQL"
-cargo pgrx test pg15 -p pg_eventstore --runas postgres --pgdata "$root/target/pg/pgrx-test"
+cargo pgrx test pg15 -p pg_eventstore --runas postgres --pgdata "$root/target/pg/pgrx-test" 2>&1 | tee -a "$log"
 
 echo "== integration tests against a private cluster"
 scripts/install-extension.sh
@@ -22,21 +25,26 @@ cluster=target/pg/test-cluster
 scripts/cluster.sh stop "$cluster"
 rm -rf "$cluster"
 scripts/cluster.sh start "$cluster" >/dev/null
-trap 'scripts/cluster.sh stop "$cluster"' EXIT
+trap 'scripts/cluster.sh stop "$cluster"; rm -f "$log"' EXIT
 export DATABASE_URL
 DATABASE_URL=$(scripts/cluster.sh url "$cluster")
-cargo test -p pg_eventstore_tests
+cargo test -p pg_eventstore_tests 2>&1 | tee -a "$log"
 
 echo "== psql walkthroughs in sql/"
 port=$(cat "$cluster/port")
+walkthroughs=0
 for script in sql/*.sql; do
   db="walkthrough_$(basename "$script" .sql | tr -c 'a-z0-9\n' '_')"
   psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "CREATE DATABASE $db" >/dev/null
   if psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$db" -f "$script" >/dev/null; then
     echo "walkthrough: $script ok"
+    walkthroughs=$((walkthroughs + 1))
   else
     echo "walkthrough: $script FAILED" >&2
     exit 1
   fi
 done
+passed=$(sed -n 's/^test result: [a-z]*\. \([0-9]*\) passed.*/\1/p' "$log" | awk '{s += $1} END {print s + 0}')
+failed=$(sed -n 's/^test result: .* \([0-9]*\) failed.*/\1/p' "$log" | awk '{s += $1} END {print s + 0}')
 echo "all test stages passed"
+echo "Summary: $((passed + walkthroughs)) passed, $failed failed"

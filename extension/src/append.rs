@@ -18,6 +18,7 @@ use crate::error::{
 use crate::event_batch::{self, NewEvent};
 use crate::limits::MAX_STREAM_BYTES;
 use crate::spi::{Connection, Statement};
+use crate::stream_head::{self, View};
 use crate::{position, stream_lock};
 
 /// The four expectations of `expected_version`.
@@ -84,11 +85,6 @@ struct Appended {
     first_position: i64,
     last_position: i64,
 }
-
-static STREAM_HEAD: Statement = Statement {
-    sql: c"SELECT version, position FROM eventstore.events WHERE stream = $1 ORDER BY version DESC LIMIT 1",
-    arg_types: &[pg_sys::TEXTOID],
-};
 
 static EVENTS_BY_ID: Statement = Statement {
     sql: c"SELECT id, stream, version, position FROM eventstore.events WHERE id = ANY ($1)",
@@ -184,34 +180,21 @@ fn append(
     expected: ExpectedVersion,
 ) -> Appended {
     stream_lock::lock_stream(stream);
-    let spi = Connection::open();
-
-    let head = spi.execute(&STREAM_HEAD, &[Some(stream_datum)]);
-    let (current, last_position) = if head.len() == 0 {
-        (-1, -1)
-    } else {
-        (
-            head.i64(0, 1).expect("version is NOT NULL"),
-            head.i64(0, 2).expect("position is NOT NULL"),
-        )
-    };
+    let head = stream_head::read(stream_datum, View::Statement);
+    let (current, last_position) = head.map_or((-1, -1), |head| (head.version, head.position));
 
     // SAFETY: a plain read of the session's isolation level.
     if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
         // The transaction's snapshot may predate an append that committed while this one
         // waited for the lock; appending on top of a version it cannot see would be a lost
         // update, so fail the way Postgres fails such a transaction.
-        let latest = spi.query_latest(&STREAM_HEAD, &[Some(stream_datum)]);
-        let latest = if latest.len() == 0 {
-            -1
-        } else {
-            latest.i64(0, 1).expect("NOT NULL")
-        };
+        let latest = stream_head::read(stream_datum, View::Latest).map_or(-1, |head| head.version);
         if latest != current {
             raise(concurrent_append(stream, current, latest));
         }
     }
 
+    let spi = Connection::open();
     let version_matches = expected.accepts(current);
     let may_be_retry = batch.iter().any(|event| event.id_supplied)
         && (!version_matches

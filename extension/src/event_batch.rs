@@ -77,8 +77,9 @@ pub(crate) fn parse(events: pg_sys::Datum) -> Vec<NewEvent> {
 }
 
 unsafe fn empty_object() -> pg_sys::Datum {
-    pgrx::fcinfo::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(c"{}".as_ptr().into())])
-        .expect("jsonb_in of {} is not NULL")
+    let mut value: pg_sys::JsonbValue = std::mem::zeroed();
+    value.type_ = jbvType::jbvObject;
+    to_jsonb(&mut value)
 }
 
 unsafe fn is_object(value: &pg_sys::JsonbValue) -> bool {

@@ -12,6 +12,7 @@ mod event_batch;
 mod limits;
 mod position;
 mod spi;
+mod stream_head;
 mod stream_lock;
 
 use append::ExpectedVersion;

@@ -65,27 +65,6 @@ impl Connection {
         statement: &Statement,
         args: &[Option<pg_sys::Datum>],
     ) -> Rows<'_> {
-        self.run(statement, args, None)
-    }
-
-    /// Runs a read-only `statement` against the latest committed state, whatever the
-    /// transaction's isolation level.
-    pub(crate) fn query_latest(
-        &self,
-        statement: &Statement,
-        args: &[Option<pg_sys::Datum>],
-    ) -> Rows<'_> {
-        // SAFETY: inside a transaction; SPI copies the snapshot it is given.
-        let latest = unsafe { pg_sys::GetLatestSnapshot() };
-        self.run(statement, args, Some(latest))
-    }
-
-    fn run(
-        &self,
-        statement: &Statement,
-        args: &[Option<pg_sys::Datum>],
-        snapshot: Option<pg_sys::Snapshot>,
-    ) -> Rows<'_> {
         assert_eq!(
             args.len(),
             statement.arg_types.len(),
@@ -103,21 +82,7 @@ impl Connection {
             .collect();
         // SAFETY: connected; `values` and `nulls` match the plan's arguments.
         let status = unsafe {
-            match snapshot {
-                None => {
-                    pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0)
-                }
-                Some(snapshot) => pg_sys::SPI_execute_snapshot(
-                    plan,
-                    values.as_mut_ptr(),
-                    nulls.as_ptr(),
-                    snapshot,
-                    std::ptr::null_mut(),
-                    true,
-                    false,
-                    0,
-                ),
-            }
+            pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0)
         };
         assert!(
             status >= 0,
