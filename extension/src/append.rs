@@ -16,9 +16,9 @@ use crate::error::{
     wrong_expected_version,
 };
 use crate::event_batch::{self, NewEvent};
+use crate::events_table::{EventsTable, View};
 use crate::limits::MAX_STREAM_BYTES;
 use crate::spi::{Connection, Statement};
-use crate::stream_head::{self, View};
 use crate::{position, stream_lock};
 
 /// The four expectations of `expected_version`.
@@ -180,7 +180,8 @@ fn append(
     expected: ExpectedVersion,
 ) -> Appended {
     stream_lock::lock_stream(stream);
-    let head = stream_head::read(stream_datum, View::Statement);
+    let table = EventsTable::open();
+    let head = table.head(stream_datum, View::Statement);
     let (current, last_position) = head.map_or((-1, -1), |head| (head.version, head.position));
 
     // SAFETY: a plain read of the session's isolation level.
@@ -188,13 +189,14 @@ fn append(
         // The transaction's snapshot may predate an append that committed while this one
         // waited for the lock; appending on top of a version it cannot see would be a lost
         // update, so fail the way Postgres fails such a transaction.
-        let latest = stream_head::read(stream_datum, View::Latest).map_or(-1, |head| head.version);
+        let latest = table
+            .head(stream_datum, View::Latest)
+            .map_or(-1, |head| head.version);
         if latest != current {
             raise(concurrent_append(stream, current, latest));
         }
     }
 
-    let spi = Connection::open();
     let version_matches = expected.accepts(current);
     let may_be_retry = batch.iter().any(|event| event.id_supplied)
         && (!version_matches
@@ -203,7 +205,7 @@ fn append(
                 ExpectedVersion::Any | ExpectedVersion::StreamExists
             ));
     if may_be_retry {
-        if let Some(stored) = already_stored(&spi, stream, batch, expected) {
+        if let Some(stored) = already_stored(stream, batch, expected) {
             return stored;
         }
     }
@@ -224,7 +226,11 @@ fn append(
         raise(out_of_order(stream, last_position));
     }
     let first_version = current + 1;
-    insert(&spi, stream_datum, first_version, first_position, batch);
+    if table.inserts_directly() {
+        table.insert(stream_datum, first_version, first_position, batch);
+    } else {
+        insert_with_spi(stream_datum, first_version, first_position, batch);
+    }
     Appended {
         first_version,
         last_version: first_version + count - 1,
@@ -236,17 +242,13 @@ fn append(
 /// If every event of `batch` is already stored, in this stream, at consecutive versions in
 /// the batch's order, and the expectation fits where they start, this is the retry of an
 /// append that succeeded: return what it returned. Any other stored id is a conflict (23505).
-fn already_stored(
-    spi: &Connection,
-    stream: &str,
-    batch: &[NewEvent],
-    expected: ExpectedVersion,
-) -> Option<Appended> {
+fn already_stored(stream: &str, batch: &[NewEvent], expected: ExpectedVersion) -> Option<Appended> {
     let ids: Vec<pgrx::datum::Uuid> = batch
         .iter()
         .filter(|event| event.id_supplied)
         .map(|event| pgrx::datum::Uuid::from_bytes(*event.id.as_bytes()))
         .collect();
+    let spi = Connection::open();
     let rows = spi.execute(&EVENTS_BY_ID, &[ids.into_datum()]);
     if rows.len() == 0 {
         return None;
@@ -291,13 +293,14 @@ fn already_stored(
     raise(duplicate_event_id(&id.to_string(), used_by, *version));
 }
 
-fn insert(
-    spi: &Connection,
+/// The fallback for tables `EventsTable` cannot insert into directly: full INSERT statements.
+fn insert_with_spi(
     stream: pg_sys::Datum,
     first_version: i64,
     first_position: i64,
     batch: &[NewEvent],
 ) {
+    let spi = Connection::open();
     let rows = if let [event] = batch {
         spi.execute(
             &INSERT_ONE,

@@ -9,10 +9,10 @@ use pgrx::prelude::*;
 mod append;
 mod error;
 mod event_batch;
+mod events_table;
 mod limits;
 mod position;
 mod spi;
-mod stream_head;
 mod stream_lock;
 
 use append::ExpectedVersion;

@@ -413,6 +413,62 @@ mod tests {
         );
     }
 
+    #[pg_test]
+    fn row_triggers_on_the_event_log_fire_for_every_appended_event() {
+        Spi::run(
+            "CREATE TABLE seen (stream text, version bigint);
+             CREATE FUNCTION remember() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN INSERT INTO seen VALUES (NEW.stream, NEW.version); RETURN NEW; END $$;
+             CREATE TRIGGER remember AFTER INSERT ON eventstore.events
+                 FOR EACH ROW EXECUTE FUNCTION remember();",
+        )
+        .unwrap();
+        five_events("order-1");
+        assert_eq!(
+            one_text("SELECT string_agg(version::text, ',' ORDER BY version) FROM seen"),
+            "0,1,2,3,4"
+        );
+    }
+
+    #[pg_test]
+    fn statement_triggers_on_the_event_log_fire_through_the_full_executor() {
+        Spi::run(
+            "CREATE TABLE statements (n int);
+             CREATE FUNCTION count_statement() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN INSERT INTO statements VALUES (1); RETURN NULL; END $$;
+             CREATE TRIGGER count_statement AFTER INSERT ON eventstore.events
+                 FOR EACH STATEMENT EXECUTE FUNCTION count_statement();",
+        )
+        .unwrap();
+        five_events("order-1");
+        let (first, last, position, _) = append("order-1", ONE, "4");
+        assert_eq!((first, last), (5, 5));
+        assert_eq!(position, position_of("order-1", 5));
+        assert_eq!(one_i64("SELECT count(*) FROM statements"), 2);
+        assert_eq!(versions("eventstore.read_stream('order-1')"), "0,1,2,3,4,5");
+    }
+
+    fn position_of(stream: &str, version: i64) -> i64 {
+        one_i64(&format!("SELECT position FROM eventstore.events WHERE stream = '{stream}' AND version = {version}"))
+    }
+
+    #[pg_test]
+    fn appending_needs_the_insert_privilege_on_the_event_log() {
+        Spi::run(
+            "CREATE ROLE eventstore_reader;
+             GRANT USAGE ON SCHEMA eventstore TO eventstore_reader;
+             GRANT SELECT ON eventstore.events TO eventstore_reader;
+             SET LOCAL ROLE eventstore_reader;",
+        )
+        .unwrap();
+        assert_eq!(
+            sqlstate(&format!("SELECT eventstore.append('s-1', '{ONE}')")),
+            Some(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE)
+        );
+        Spi::run("RESET ROLE").unwrap();
+        assert_eq!(count_events(), 0);
+    }
+
     // ---- read_stream and stream_version ----------------------------------------------------
 
     fn versions(sql: &str) -> String {

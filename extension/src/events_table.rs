@@ -1,0 +1,318 @@
+//! Direct access to `eventstore.events` for the append path: the stream-head probe and the
+//! inserts, through one opened relation.
+//!
+//! Each append reads its stream's head and inserts a row. Done as nested SQL statements, each
+//! costs a full executor cycle (plan revalidation, executor start and end, SPI contexts), which
+//! is more than the work itself. Instead the head is one backward probe of the
+//! `(stream, version)` index, and rows go in through `ExecSimpleRelationInsert`, the path
+//! PostgreSQL's logical replication apply uses: it checks constraints, fires row triggers and
+//! maintains every index. Tables it does not cover (INSERT statement triggers, row-level
+//! security, columns added by hand) take the SPI fallback in `append.rs`.
+
+use std::ffi::CStr;
+
+use pgrx::pg_sys;
+
+use crate::event_batch::NewEvent;
+
+/// The version and position of a stream's last event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StreamHead {
+    pub(crate) version: i64,
+    pub(crate) position: i64,
+}
+
+/// Which committed state a head probe looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum View {
+    /// What a statement of this transaction would see now: a fresh snapshot under READ
+    /// COMMITTED, the transaction's snapshot under REPEATABLE READ and SERIALIZABLE.
+    Statement,
+    /// The latest committed state, whatever the isolation level.
+    Latest,
+}
+
+const COLUMNS: [&CStr; 8] = [
+    c"position",
+    c"stream",
+    c"version",
+    c"type",
+    c"data",
+    c"metadata",
+    c"id",
+    c"recorded_at",
+];
+
+/// Executor state for inserting rows directly.
+struct Inserter {
+    estate: *mut pg_sys::EState,
+    result_rel: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+    /// 0-based attribute index of each of `COLUMNS`.
+    columns: [usize; 8],
+}
+
+/// `eventstore.events`, opened for appending until dropped.
+pub(crate) struct EventsTable {
+    rel: pg_sys::Relation,
+    /// The `(stream, version)` index.
+    stream_index: pg_sys::Relation,
+    /// Present when rows can be inserted directly; otherwise they go through SPI.
+    inserter: Option<Inserter>,
+}
+
+impl EventsTable {
+    /// Opens the table with the lock an INSERT takes, after checking the INSERT privilege.
+    pub(crate) fn open() -> EventsTable {
+        // SAFETY: inside a transaction; what is opened here is closed in `drop`, and an ERROR
+        // in between is cleaned up by the transaction abort.
+        unsafe {
+            let namespace = pg_sys::get_namespace_oid(c"eventstore".as_ptr(), false);
+            let relid = relation_oid(c"events", namespace);
+            let index_oid = relation_oid(c"events_stream_version_key", namespace);
+            let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            let acl = pg_sys::pg_class_aclcheck(
+                relid,
+                pg_sys::GetUserId(),
+                pg_sys::ACL_INSERT as pg_sys::AclMode,
+            );
+            if acl != pg_sys::AclResult::ACLCHECK_OK {
+                pg_sys::aclcheck_error(acl, pg_sys::ObjectType::OBJECT_TABLE, c"events".as_ptr());
+            }
+            let inserter = Inserter::new(rel);
+            let stream_index = match &inserter {
+                Some(inserter) => opened_index(inserter.result_rel, index_oid),
+                None => pg_sys::index_open(index_oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE),
+            };
+            EventsTable {
+                rel,
+                stream_index,
+                inserter,
+            }
+        }
+    }
+
+    /// Whether `insert` can be used; otherwise the caller inserts through SPI.
+    pub(crate) fn inserts_directly(&self) -> bool {
+        self.inserter.is_some()
+    }
+
+    /// The head of `stream` (a `text` datum), or `None` when the stream has no events.
+    pub(crate) fn head(&self, stream: pg_sys::Datum, view: View) -> Option<StreamHead> {
+        // SAFETY: the relation and index are open; the scan is ended before returning.
+        unsafe {
+            let snapshot = pg_sys::RegisterSnapshot(match view {
+                View::Statement => pg_sys::GetTransactionSnapshot(),
+                View::Latest => pg_sys::GetLatestSnapshot(),
+            });
+            let slot = pg_sys::table_slot_create(self.rel, std::ptr::null_mut());
+            let scan = pg_sys::index_beginscan(self.rel, self.stream_index, snapshot, 1, 0);
+            let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+            pg_sys::ScanKeyEntryInitialize(
+                &mut key,
+                0,
+                1,
+                pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+                pg_sys::InvalidOid,
+                *(*self.stream_index).rd_indcollation,
+                pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+                stream,
+            );
+            pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
+            let found = pg_sys::index_getnext_slot(
+                scan,
+                pg_sys::ScanDirection::BackwardScanDirection,
+                slot,
+            );
+            let head = found.then(|| StreamHead {
+                version: column_i64(slot, c"version"),
+                position: column_i64(slot, c"position"),
+            });
+            pg_sys::index_endscan(scan);
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            pg_sys::UnregisterSnapshot(snapshot);
+            head
+        }
+    }
+
+    /// Inserts `batch` at consecutive versions and positions. Only when `inserts_directly`.
+    pub(crate) fn insert(
+        &self,
+        stream: pg_sys::Datum,
+        first_version: i64,
+        first_position: i64,
+        batch: &[NewEvent],
+    ) {
+        let inserter = self.inserter.as_ref().expect("direct inserts are possible");
+        // SAFETY: the executor state belongs to this open table; each row fills every column
+        // of the slot with a datum of the column's type.
+        unsafe {
+            let recorded_at = pg_sys::Datum::from(pg_sys::GetCurrentStatementStartTimestamp());
+            for (offset, event) in batch.iter().enumerate() {
+                let offset = offset as i64;
+                let values = [
+                    pg_sys::Datum::from(first_position + offset),
+                    stream,
+                    pg_sys::Datum::from(first_version + offset),
+                    event.event_type,
+                    event.data,
+                    event.metadata,
+                    event.id_datum(),
+                    recorded_at,
+                ];
+                let slot = inserter.slot;
+                pg_sys::ExecClearTuple(slot);
+                for (value, &column) in values.iter().zip(&inserter.columns) {
+                    *(*slot).tts_values.add(column) = *value;
+                    *(*slot).tts_isnull.add(column) = false;
+                }
+                pg_sys::ExecStoreVirtualTuple(slot);
+                pg_sys::ExecSimpleRelationInsert(inserter.result_rel, inserter.estate, slot);
+                let per_tuple = (*inserter.estate).es_per_tuple_exprcontext;
+                if !per_tuple.is_null() {
+                    pg_sys::MemoryContextReset((*per_tuple).ecxt_per_tuple_memory);
+                }
+            }
+            // Later statements, and later appends in this statement, see the new rows.
+            pg_sys::CommandCounterIncrement();
+        }
+    }
+}
+
+impl Drop for EventsTable {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // An ERROR is on its way: PostgreSQL may be mid-operation, and the transaction
+            // abort releases the relation, the indexes and the executor state itself.
+            return;
+        }
+        // SAFETY: releases exactly what `open` acquired; locks stay until the transaction ends.
+        unsafe {
+            match self.inserter.take() {
+                Some(inserter) => inserter.finish(),
+                None => pg_sys::index_close(self.stream_index, pg_sys::NoLock as pg_sys::LOCKMODE),
+            }
+            pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
+    }
+}
+
+impl Inserter {
+    /// Executor state for direct inserts, or `None` when the table needs the full executor:
+    /// INSERT statement triggers or transition tables, row-level security, or columns other
+    /// than the extension's.
+    unsafe fn new(rel: pg_sys::Relation) -> Option<Inserter> {
+        // SAFETY: `rel` is open; the setup mirrors PostgreSQL's logical replication apply.
+        unsafe {
+            let form = &*(*rel).rd_rel;
+            if form.relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char || form.relrowsecurity {
+                return None;
+            }
+            let triggers = (*rel).trigdesc;
+            if !triggers.is_null()
+                && ((*triggers).trig_insert_before_statement
+                    || (*triggers).trig_insert_after_statement
+                    || (*triggers).trig_insert_new_table)
+            {
+                return None;
+            }
+            let columns = column_indexes((*rel).rd_att)?;
+
+            let estate = pg_sys::CreateExecutorState();
+            let rte: *mut pg_sys::RangeTblEntry =
+                pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>()).cast();
+            (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
+            (*rte).rtekind = pg_sys::RTEKind::RTE_RELATION;
+            (*rte).relid = (*rel).rd_id;
+            (*rte).relkind = form.relkind;
+            (*rte).rellockmode = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+            pg_sys::ExecInitRangeTable(estate, pg_sys::lappend(std::ptr::null_mut(), rte.cast()));
+            let result_rel: *mut pg_sys::ResultRelInfo =
+                pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()).cast();
+            (*result_rel).type_ = pg_sys::NodeTag::T_ResultRelInfo;
+            pg_sys::InitResultRelInfo(result_rel, rel, 1, std::ptr::null_mut(), 0);
+            // Lets ExecGetTriggerResultRel find it, as in logical replication apply.
+            (*estate).es_opened_result_relations =
+                pg_sys::lappend((*estate).es_opened_result_relations, result_rel.cast());
+            (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
+            pg_sys::AfterTriggerBeginQuery();
+            pg_sys::ExecOpenIndices(result_rel, false);
+            let slot =
+                pg_sys::ExecInitExtraTupleSlot(estate, (*rel).rd_att, &pg_sys::TTSOpsVirtual);
+            Some(Inserter {
+                estate,
+                result_rel,
+                slot,
+                columns,
+            })
+        }
+    }
+
+    unsafe fn finish(self) {
+        // SAFETY: tears down what `new` built, in the order logical replication apply does.
+        unsafe {
+            pg_sys::ExecCloseIndices(self.result_rel);
+            pg_sys::AfterTriggerEndQuery(self.estate);
+            pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);
+            pg_sys::FreeExecutorState(self.estate);
+        }
+    }
+}
+
+/// The attribute index of each of `COLUMNS`, or `None` if the table has other live columns.
+unsafe fn column_indexes(tupdesc: pg_sys::TupleDesc) -> Option<[usize; 8]> {
+    let mut indexes = [usize::MAX; 8];
+    // SAFETY: `tupdesc` is the open relation's descriptor.
+    unsafe {
+        for attribute in 0..(*tupdesc).natts as usize {
+            let attr = &*(*tupdesc).attrs.as_ptr().add(attribute);
+            if attr.attisdropped {
+                continue;
+            }
+            let name = CStr::from_ptr(attr.attname.data.as_ptr());
+            let column = COLUMNS.iter().position(|&known| known == name)?;
+            indexes[column] = attribute;
+        }
+    }
+    indexes
+        .iter()
+        .all(|&index| index != usize::MAX)
+        .then_some(indexes)
+}
+
+/// The open index `index_oid` among the result relation's indexes.
+unsafe fn opened_index(
+    result_rel: *mut pg_sys::ResultRelInfo,
+    index_oid: pg_sys::Oid,
+) -> pg_sys::Relation {
+    // SAFETY: ExecOpenIndices filled `ri_IndexRelationDescs` with `ri_NumIndices` relations.
+    unsafe {
+        (0..(*result_rel).ri_NumIndices as usize)
+            .map(|i| *(*result_rel).ri_IndexRelationDescs.add(i))
+            .find(|&index| (*index).rd_id == index_oid)
+            .expect("the (stream, version) index is among the table's indexes")
+    }
+}
+
+unsafe fn relation_oid(name: &CStr, namespace: pg_sys::Oid) -> pg_sys::Oid {
+    // SAFETY: a syscache lookup by name.
+    let oid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), namespace) };
+    assert_ne!(oid, pg_sys::InvalidOid, "eventstore.{name:?} is missing");
+    oid
+}
+
+unsafe fn column_i64(slot: *mut pg_sys::TupleTableSlot, name: &CStr) -> i64 {
+    // SAFETY: the slot holds a row of eventstore.events.
+    unsafe {
+        let tupdesc = (*slot).tts_tupleDescriptor;
+        let attribute = (0..(*tupdesc).natts as usize)
+            .find(|&i| {
+                CStr::from_ptr((*(*tupdesc).attrs.as_ptr().add(i)).attname.data.as_ptr()) == name
+            })
+            .expect("a column of eventstore.events");
+        let mut is_null = false;
+        let datum = pg_sys::slot_getattr(slot, attribute as i32 + 1, &mut is_null);
+        assert!(!is_null, "{name:?} is NOT NULL");
+        datum.value() as i64
+    }
+}
