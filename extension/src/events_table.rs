@@ -57,6 +57,9 @@ pub(crate) struct EventsTable {
     rel: pg_sys::Relation,
     /// The `(stream, version)` index.
     stream_index: pg_sys::Relation,
+    /// 1-based attribute numbers of `version` and `position`, read by the head probe.
+    version_attribute: i32,
+    position_attribute: i32,
     /// Present when rows can be inserted directly; otherwise they go through SPI.
     inserter: Option<Inserter>,
 }
@@ -84,9 +87,16 @@ impl EventsTable {
                 Some(inserter) => opened_index(inserter.result_rel, index_oid),
                 None => pg_sys::index_open(index_oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE),
             };
+            let tupdesc = (*rel).rd_att;
+            let attribute_number = |name: &CStr| {
+                let index = attribute_index(tupdesc, name).expect("a column of eventstore.events");
+                index as i32 + 1
+            };
             EventsTable {
                 rel,
                 stream_index,
+                version_attribute: attribute_number(c"version"),
+                position_attribute: attribute_number(c"position"),
                 inserter,
             }
         }
@@ -125,8 +135,8 @@ impl EventsTable {
                 slot,
             );
             let head = found.then(|| StreamHead {
-                version: column_i64(slot, c"version"),
-                position: column_i64(slot, c"position"),
+                version: column_i64(slot, self.version_attribute),
+                position: column_i64(slot, self.position_attribute),
             });
             pg_sys::index_endscan(scan);
             pg_sys::ExecDropSingleTupleTableSlot(slot);
@@ -259,25 +269,32 @@ impl Inserter {
     }
 }
 
-/// The attribute index of each of `COLUMNS`, or `None` if the table has other live columns.
-unsafe fn column_indexes(tupdesc: pg_sys::TupleDesc) -> Option<[usize; 8]> {
-    let mut indexes = [usize::MAX; 8];
-    // SAFETY: `tupdesc` is the open relation's descriptor.
+/// The 0-based index of live column `name` in `tupdesc`.
+unsafe fn attribute_index(tupdesc: pg_sys::TupleDesc, name: &CStr) -> Option<usize> {
+    // SAFETY: `tupdesc` is a valid descriptor with `natts` attributes.
     unsafe {
-        for attribute in 0..(*tupdesc).natts as usize {
-            let attr = &*(*tupdesc).attrs.as_ptr().add(attribute);
-            if attr.attisdropped {
-                continue;
-            }
-            let name = CStr::from_ptr(attr.attname.data.as_ptr());
-            let column = COLUMNS.iter().position(|&known| known == name)?;
-            indexes[column] = attribute;
-        }
+        (0..(*tupdesc).natts as usize).find(|&i| {
+            let attr = &*(*tupdesc).attrs.as_ptr().add(i);
+            !attr.attisdropped && CStr::from_ptr(attr.attname.data.as_ptr()) == name
+        })
     }
-    indexes
-        .iter()
-        .all(|&index| index != usize::MAX)
-        .then_some(indexes)
+}
+
+/// The attribute index of each of `COLUMNS`, or `None` if one is missing or the table has
+/// other live columns.
+unsafe fn column_indexes(tupdesc: pg_sys::TupleDesc) -> Option<[usize; 8]> {
+    let mut indexes = [0; 8];
+    for (index, name) in indexes.iter_mut().zip(COLUMNS) {
+        // SAFETY: `tupdesc` is the open relation's descriptor.
+        *index = unsafe { attribute_index(tupdesc, name) }?;
+    }
+    // SAFETY: as above.
+    let live_columns = unsafe {
+        (0..(*tupdesc).natts as usize)
+            .filter(|&i| !(*(*tupdesc).attrs.as_ptr().add(i)).attisdropped)
+            .count()
+    };
+    (live_columns == COLUMNS.len()).then_some(indexes)
 }
 
 /// The open index `index_oid` among the result relation's indexes.
@@ -301,18 +318,13 @@ unsafe fn relation_oid(name: &CStr, namespace: pg_sys::Oid) -> pg_sys::Oid {
     oid
 }
 
-unsafe fn column_i64(slot: *mut pg_sys::TupleTableSlot, name: &CStr) -> i64 {
-    // SAFETY: the slot holds a row of eventstore.events.
-    unsafe {
-        let tupdesc = (*slot).tts_tupleDescriptor;
-        let attribute = (0..(*tupdesc).natts as usize)
-            .find(|&i| {
-                CStr::from_ptr((*(*tupdesc).attrs.as_ptr().add(i)).attname.data.as_ptr()) == name
-            })
-            .expect("a column of eventstore.events");
-        let mut is_null = false;
-        let datum = pg_sys::slot_getattr(slot, attribute as i32 + 1, &mut is_null);
-        assert!(!is_null, "{name:?} is NOT NULL");
-        datum.value() as i64
-    }
+unsafe fn column_i64(slot: *mut pg_sys::TupleTableSlot, attribute: i32) -> i64 {
+    let mut is_null = false;
+    // SAFETY: the slot holds a row of eventstore.events; `attribute` is a NOT NULL bigint.
+    let datum = unsafe { pg_sys::slot_getattr(slot, attribute, &mut is_null) };
+    assert!(
+        !is_null,
+        "attribute {attribute} of eventstore.events is NOT NULL"
+    );
+    datum.value() as i64
 }
