@@ -6,6 +6,9 @@
 #   scripts/cluster.sh start DIR [PORT]   init if needed, start; prints the port
 #   scripts/cluster.sh stop DIR
 #   scripts/cluster.sh url DIR [DB]        the connection URL of a running cluster
+#
+# The server preloads pg_eventstore (coalesced subscriber wake-ups), so the extension must be
+# installed first; EVENTSTORE_PRELOAD=0 starts it without.
 set -euo pipefail
 
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
@@ -42,9 +45,11 @@ case "$cmd" in
     fi
     port=${3:-$(free_port)}
     echo "$port" >"$dir/port"
+    preload=""
+    if [ "${EVENTSTORE_PRELOAD:-1}" = 1 ]; then preload="-c shared_preload_libraries=pg_eventstore"; fi
     as_postgres "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start \
       -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200 \
-          -c shared_buffers=512MB -c max_wal_size=4GB" >/dev/null
+          -c shared_buffers=512MB -c max_wal_size=4GB $preload" >/dev/null
     echo "$port"
     ;;
   stop)

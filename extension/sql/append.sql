@@ -7,3 +7,11 @@ CREATE FUNCTION eventstore.append(
 ) RETURNS eventstore.append_result
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'eventstore_append';
+
+CREATE FUNCTION eventstore.try_append(
+    stream text,
+    events jsonb,
+    expected_version bigint DEFAULT NULL
+) RETURNS eventstore.append_attempt
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'eventstore_try_append';

@@ -7,6 +7,13 @@ expected_version: NULL any version, -1 the stream must not exist, -2 it must exi
 Errors: 40001 wrong expected version (re-read and retry), 22023 malformed events or arguments, 23505 event id already used elsewhere.
 Re-sending events whose ids are already stored in this stream at the same versions succeeds without writing.';
 
+COMMENT ON FUNCTION eventstore.try_append(text, jsonb, bigint) IS
+'Appends like eventstore.append, but reports a wrong expected version as data instead of raising 40001: the result row is (NULL, NULL, NULL, NULL, current_version), nothing is written and the transaction stays usable.
+On success it returns (first_version, last_version, first_position, last_position, last_version). Every other error is raised as by append.';
+
+COMMENT ON FUNCTION eventstore.head_position() IS
+'The position of the newest event read_all can return now (0 when there is none). Subscribers compare it with their checkpoint; wake-ups on channel eventstore carry it as their payload.';
+
 COMMENT ON FUNCTION eventstore.read_stream(text, bigint, integer, boolean) IS
 'Reads up to max_count events of a stream in version order, starting at from_version.
 backwards = true reads in descending version order; from_version -1 then starts at the end of the stream.';
@@ -47,3 +54,6 @@ COMMENT ON FUNCTION eventstore._check_consumer_group(integer, integer) IS
 'Internal: validates consumer group arguments (22023).';
 COMMENT ON FUNCTION eventstore._refuse_event_change() IS
 'Internal: trigger that keeps stored events immutable.';
+
+COMMENT ON FUNCTION eventstore.wakeup_mode() IS
+'How appends wake subscribers on channel eventstore. coalesced: pg_eventstore is in shared_preload_libraries and one background worker per database sends NOTIFY eventstore with the head position at most once per millisecond. per_transaction: each appending transaction sends NOTIFY eventstore with an empty payload itself, which serializes notifying commits.';

@@ -90,3 +90,14 @@ AS $$
     ORDER BY e.position
     LIMIT eventstore._check_count(read_category.max_count)
 $$;
+
+-- The newest position read_all can return now. Computed from the same statement snapshot as a
+-- read_all in the same query, so a reader that gets fewer rows than it asked for knows that
+-- nothing up to this position is missing, even with type or category filters.
+CREATE FUNCTION eventstore.head_position() RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(max(e.position), 0)
+    FROM eventstore.events AS e
+    WHERE e.position < eventstore._visible_below()
+$$;

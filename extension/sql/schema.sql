@@ -50,6 +50,16 @@ CREATE TYPE eventstore.append_result AS (
     last_position  bigint
 );
 
+-- What eventstore.try_append() returns: append_result plus the stream's version. When the
+-- stream is not at the expected version the first four columns are NULL and nothing is written.
+CREATE TYPE eventstore.append_attempt AS (
+    first_version   bigint,
+    last_version    bigint,
+    first_position  bigint,
+    last_position   bigint,
+    current_version bigint
+);
+
 -- Stored events are facts: refuse UPDATE, DELETE and TRUNCATE.
 CREATE FUNCTION eventstore._refuse_event_change() RETURNS trigger
 LANGUAGE plpgsql AS $$

@@ -19,7 +19,7 @@ use crate::event_batch::{self, NewEvent};
 use crate::events_table::{EventsTable, View};
 use crate::limits::MAX_STREAM_BYTES;
 use crate::spi::{Connection, Statement};
-use crate::{position, stream_lock};
+use crate::{position, stream_lock, wakeup};
 
 /// The four expectations of `expected_version`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,9 +155,67 @@ pub unsafe extern "C-unwind" fn eventstore_append(
     };
     let expected = ExpectedVersion::from_sql(expected);
     let batch = event_batch::parse(events);
-    let appended = append(stream_datum, stream, &batch, expected);
+    let outcome = append(stream_datum, stream, &batch, expected);
+    let appended = outcome.unwrap_or_else(|WrongVersion { current }| {
+        raise(wrong_expected_version(
+            stream,
+            &expected.describe(),
+            current,
+        ))
+    });
     // SAFETY: fcinfo is the live call; the result type is eventstore.append_result.
-    unsafe { result_tuple(fcinfo, appended) }
+    unsafe { result_tuple(fcinfo, Some(appended), None) }
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_eventstore_try_append() -> &'static pg_sys::Pg_finfo_record {
+    const V1_API: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1_API
+}
+
+/// The C entry point of `eventstore.try_append`: `append`, except that a stream at another
+/// version than expected is reported in the result row (`current_version`, the other columns
+/// NULL) instead of raised, so clients get the actual version as data and the caller's
+/// transaction stays usable. Nothing is written in that case either.
+///
+/// # Safety
+/// Called by Postgres' function manager with the arguments declared in `sql/append.sql`.
+#[unsafe(no_mangle)]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn eventstore_try_append(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    use pgrx::fcinfo::{pg_getarg, pg_getarg_datum};
+    // SAFETY: the argument types are those of the SQL declaration.
+    let (stream_datum, stream, events, expected) = unsafe {
+        let stream_datum = pg_getarg_datum(fcinfo, 0);
+        let stream = pg_getarg::<&str>(fcinfo, 0);
+        let events = pg_getarg_datum(fcinfo, 1);
+        let expected = pg_getarg::<i64>(fcinfo, 2);
+        (stream_datum, stream, events, expected)
+    };
+    let (Some(stream_datum), Some(stream)) = (stream_datum, stream) else {
+        raise(invalid_parameter("stream must not be NULL"));
+    };
+    check_stream_name(stream);
+    let Some(events) = events else {
+        raise(invalid_parameter("events must not be NULL"));
+    };
+    let expected = ExpectedVersion::from_sql(expected);
+    let batch = event_batch::parse(events);
+    // SAFETY: fcinfo is the live call; the result type is eventstore.append_attempt.
+    match append(stream_datum, stream, &batch, expected) {
+        Ok(appended) => unsafe {
+            result_tuple(fcinfo, Some(appended), Some(appended.last_version))
+        },
+        Err(WrongVersion { current }) => unsafe { result_tuple(fcinfo, None, Some(current)) },
+    }
+}
+
+/// The stream is at `current` (-1: absent), which the expectation does not accept.
+struct WrongVersion {
+    current: i64,
 }
 
 /// Refuses NULL-free but unusable stream names with 22023.
@@ -178,7 +236,7 @@ fn append(
     stream: &str,
     batch: &[NewEvent],
     expected: ExpectedVersion,
-) -> Appended {
+) -> Result<Appended, WrongVersion> {
     stream_lock::lock_stream(stream);
     let table = EventsTable::open();
     let head = table.head(stream_datum, View::Statement);
@@ -206,15 +264,11 @@ fn append(
             ));
     if may_be_retry {
         if let Some(stored) = already_stored(stream, batch, expected) {
-            return stored;
+            return Ok(stored);
         }
     }
     if !version_matches {
-        raise(wrong_expected_version(
-            stream,
-            &expected.describe(),
-            current,
-        ));
+        return Err(WrongVersion { current });
     }
 
     let count = batch.len() as i64;
@@ -231,12 +285,14 @@ fn append(
     } else {
         insert_with_spi(stream_datum, first_version, first_position, batch);
     }
-    Appended {
+    let last_position = first_position + count - 1;
+    wakeup::appended(last_position);
+    Ok(Appended {
         first_version,
         last_version: first_version + count - 1,
         first_position,
-        last_position: first_position + count - 1,
-    }
+        last_position,
+    })
 }
 
 /// If every event of `batch` is already stored, in this stream, at consecutive versions in
@@ -381,7 +437,13 @@ unsafe fn array(
     }
 }
 
-unsafe fn result_tuple(fcinfo: pg_sys::FunctionCallInfo, appended: Appended) -> pg_sys::Datum {
+/// The result row: `append_result`'s four columns, then `current_version` when the declared
+/// type has it (`append_attempt`). `None` columns are NULL.
+unsafe fn result_tuple(
+    fcinfo: pg_sys::FunctionCallInfo,
+    appended: Option<Appended>,
+    current_version: Option<i64>,
+) -> pg_sys::Datum {
     // SAFETY: fcinfo is the live call of a function returning a composite type.
     unsafe {
         let mut tupdesc: pg_sys::TupleDesc = std::ptr::null_mut();
@@ -392,13 +454,20 @@ unsafe fn result_tuple(fcinfo: pg_sys::FunctionCallInfo, appended: Appended) -> 
             "append returns a row"
         );
         let tupdesc = pg_sys::BlessTupleDesc(tupdesc);
-        let mut values = [
-            pg_sys::Datum::from(appended.first_version),
-            pg_sys::Datum::from(appended.last_version),
-            pg_sys::Datum::from(appended.first_position),
-            pg_sys::Datum::from(appended.last_position),
+        let columns = [
+            appended.map(|a| a.first_version),
+            appended.map(|a| a.last_version),
+            appended.map(|a| a.first_position),
+            appended.map(|a| a.last_position),
+            current_version,
         ];
-        let mut nulls = [false; 4];
+        let width = usize::try_from((*tupdesc).natts).expect("natts >= 0");
+        assert!(width == 4 || width == 5, "append returns 4 or 5 columns");
+        let mut values: Vec<pg_sys::Datum> = columns[..width]
+            .iter()
+            .map(|c| pg_sys::Datum::from(c.unwrap_or(0)))
+            .collect();
+        let mut nulls: Vec<bool> = columns[..width].iter().map(Option::is_none).collect();
         let tuple = pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
         pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
     }

@@ -14,12 +14,27 @@ mod limits;
 mod position;
 mod spi;
 mod stream_lock;
+mod wakeup;
 
 use append::ExpectedVersion;
 use error::{invalid_parameter, raise};
 use limits::MAX_READ_COUNT;
 
 pgrx::pg_module_magic!(name, version);
+
+/// Sets up the coalesced wake-ups when loaded through `shared_preload_libraries`.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    wakeup::init();
+}
+
+/// How appends wake subscribers on channel `eventstore`: `coalesced` (a background worker per
+/// database, the library is preloaded) or `per_transaction` (each appending transaction
+/// notifies itself).
+#[pg_extern(stable, parallel_safe)]
+fn wakeup_mode() -> &'static str {
+    wakeup::mode()
+}
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/append.sql", name = "append", requires = ["schema"]);

@@ -220,6 +220,38 @@ mod tests {
     }
 
     #[pg_test]
+    fn try_append_reports_a_wrong_version_as_data_and_writes_nothing() {
+        let attempt = |expected: &str| {
+            Spi::get_one::<String>(&format!(
+                "SELECT row(a.*)::text FROM eventstore.try_append('s-1', '{ONE}', {expected}) a"
+            ))
+            .unwrap()
+            .unwrap()
+        };
+        assert_eq!(attempt("0"), "(,,,,-1)");
+        assert_eq!(attempt("-2"), "(,,,,-1)");
+        assert_eq!(count_events(), 0);
+        let first = attempt("-1");
+        assert!(
+            first.starts_with("(0,0,") && first.ends_with(",0)"),
+            "{first}"
+        );
+        assert_eq!(attempt("-1"), "(,,,,0)");
+        assert_eq!(attempt("5"), "(,,,,0)");
+        assert!(attempt("0").starts_with("(1,1,"));
+        assert_eq!(count_events(), 2);
+        // Everything but the version check still raises.
+        assert_eq!(
+            sqlstate("SELECT eventstore.try_append('s-1', '[{}]')"),
+            Some(ERRCODE_INVALID_PARAMETER_VALUE)
+        );
+        assert_eq!(
+            sqlstate(&format!("SELECT eventstore.try_append('s-1', '{ONE}', -7)")),
+            Some(ERRCODE_INVALID_PARAMETER_VALUE)
+        );
+    }
+
+    #[pg_test]
     fn a_failed_append_writes_nothing() {
         append("s-1", ONE, "NULL");
         let batch =
@@ -581,6 +613,27 @@ mod tests {
             one_i64("SELECT eventstore._visible_below()")
                 <= one_i64("SELECT min(position) FROM eventstore.events")
         );
+    }
+
+    #[pg_test]
+    fn without_preloading_each_appending_transaction_notifies_itself() {
+        // pgrx's test cluster does not preload the library.
+        assert_eq!(
+            one_text("SELECT eventstore.wakeup_mode()"),
+            "per_transaction"
+        );
+        assert_eq!(
+            sqlstate(&format!("SELECT eventstore.append('s-1', '{ONE}')")),
+            None
+        );
+    }
+
+    #[pg_test]
+    fn head_position_counts_only_what_read_all_can_return() {
+        assert_eq!(one_i64("SELECT eventstore.head_position()"), 0);
+        five_events("order-1");
+        // This transaction is still running, so its events are not readable yet.
+        assert_eq!(one_i64("SELECT eventstore.head_position()"), 0);
     }
 
     #[pg_test]
