@@ -17,6 +17,8 @@ mkdir -p target/pg
 if [ "$(id -u)" = 0 ]; then chown postgres: target/pg; fi
 
 echo "== pg_test: SQL functions and errors, inside PostgreSQL"
+# cargo pgrx test installs the library too; never overwrite one a running server maps.
+scripts/unlink-library.sh
 cargo pgrx test pg15 -p pg_eventstore --runas postgres --pgdata "$root/target/pg/pgrx-test" 2>&1 | tee -a "$log"
 
 echo "== integration tests against a private cluster"
@@ -26,8 +28,10 @@ scripts/cluster.sh stop "$cluster"
 rm -rf "$cluster"
 scripts/cluster.sh start "$cluster" >/dev/null
 trap 'scripts/cluster.sh stop "$cluster"; rm -f "$log"' EXIT
-export DATABASE_URL
+export DATABASE_URL EVENTSTORE_TEST_PGDATA
 DATABASE_URL=$(scripts/cluster.sh url "$cluster")
+# tests/server_restart.rs restarts this cluster.
+EVENTSTORE_TEST_PGDATA="$root/$cluster/data"
 cargo test -p pg_eventstore_tests 2>&1 | tee -a "$log"
 
 echo "== psql walkthroughs in sql/"

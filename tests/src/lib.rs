@@ -73,6 +73,52 @@ impl TestDb {
         TestDb { pool, name, admin }
     }
 
+    /// A database without the extension, for migration tests.
+    pub async fn empty(connections: u32) -> TestDb {
+        let admin = admin_options();
+        let mut conn = admin.connect().await.expect("connect to DATABASE_URL");
+        let name = format!("es_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        let pool = PgPoolOptions::new()
+            .max_connections(connections)
+            .connect_with(admin.clone().database(&name))
+            .await
+            .unwrap();
+        TestDb { pool, name, admin }
+    }
+
+    /// Another pool on this database whose connections carry `application_name`, so a test
+    /// can find and terminate them.
+    pub async fn pool_named(&self, application_name: &str, connections: u32) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(connections)
+            .connect_with(
+                self.admin
+                    .clone()
+                    .database(&self.name)
+                    .application_name(application_name),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Terminates every connection to this database whose `application_name` is `name`;
+    /// returns how many there were.
+    pub async fn terminate(&self, application_name: &str) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = $1",
+        )
+        .bind(application_name)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
     /// A connection outside the pool, for tests that hold transactions open.
     pub async fn connect(&self) -> PgConnection {
         self.admin

@@ -1,0 +1,147 @@
+//! One error type for every operation, chosen by SQLSTATE, never by message text.
+
+use crate::ExpectedVersion;
+
+/// What went wrong in a call to the event store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The stream was not at the expected version; nothing was written. Re-read the stream,
+    /// decide again and retry.
+    #[error("wrong expected version for stream {stream:?}: expected {expected}, actual {}", describe_version(*.actual))]
+    WrongExpectedVersion {
+        /// The stream appended to.
+        stream: String,
+        /// What the append expected.
+        expected: ExpectedVersion,
+        /// The stream's version when the append looked (`None`: the stream does not exist).
+        actual: Option<u64>,
+    },
+    /// The transaction conflicted with a concurrent one (SQLSTATE 40001 other than a wrong
+    /// expected version, or 40P01): retry the whole transaction.
+    #[error("transaction conflict ({code}): {message}")]
+    TransactionConflict {
+        /// The SQLSTATE.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The server refused an event or an argument (SQLSTATE 22023); nothing was written.
+    #[error("invalid event or argument: {message}")]
+    InvalidEvent {
+        /// The server's message, naming the event and field.
+        message: String,
+    },
+    /// An event id is already used by another event (SQLSTATE 23505); nothing was written.
+    #[error("duplicate event id: {message}")]
+    DuplicateEventId {
+        /// The server's message, naming the id and where it is used.
+        message: String,
+    },
+    /// A limit of the event store was exceeded (SQLSTATE 54000).
+    #[error("limit exceeded: {message}")]
+    LimitExceeded {
+        /// The server's message.
+        message: String,
+    },
+    /// An argument was refused before anything was sent to the server.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// An event's data could not be turned into JSON.
+    #[error("could not encode event data as JSON: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// A recorded event's data or metadata did not decode into the requested type.
+    #[error("could not decode event at position {position} ({event_type}): {source}")]
+    Decode {
+        /// Position of the event in the global log.
+        position: u64,
+        /// Its type.
+        event_type: String,
+        /// What serde reported.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The connection to the server failed or was lost, or the pool has none to give.
+    /// Subscriptions retry these by themselves.
+    #[error("connection error: {0}")]
+    Connection(#[source] sqlx::Error),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// Applying the migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(#[source] refinery_core::Error),
+}
+
+fn describe_version(version: Option<u64>) -> String {
+    version.map_or_else(|| "no stream".to_owned(), |v| v.to_string())
+}
+
+impl Error {
+    /// Whether retrying the same operation later may succeed: a lost connection, a server
+    /// shutting down or starting, or a transaction conflict.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Connection(_) | Error::TransactionConflict { .. }
+        )
+    }
+
+    /// The SQLSTATE the server reported, when the error came from the server.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            Error::WrongExpectedVersion { .. } => Some("40001".to_owned()),
+            Error::TransactionConflict { code, .. } => Some(code.clone()),
+            Error::InvalidEvent { .. } => Some("22023".to_owned()),
+            Error::DuplicateEventId { .. } => Some("23505".to_owned()),
+            Error::LimitExceeded { .. } => Some("54000".to_owned()),
+            Error::Connection(e) | Error::Database(e) => e
+                .as_database_error()
+                .and_then(|db| db.code())
+                .map(|code| code.into_owned()),
+            _ => None,
+        }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        let code = error
+            .as_database_error()
+            .and_then(|db| db.code())
+            .map(|code| code.into_owned());
+        let message = || {
+            error
+                .as_database_error()
+                .map(|db| db.message().to_owned())
+                .unwrap_or_default()
+        };
+        match code.as_deref() {
+            Some(code @ ("40001" | "40P01")) => Error::TransactionConflict {
+                code: code.to_owned(),
+                message: message(),
+            },
+            Some("22023") => Error::InvalidEvent { message: message() },
+            Some("23505") => Error::DuplicateEventId { message: message() },
+            Some("54000") => Error::LimitExceeded { message: message() },
+            // Class 08 (connection exception), 57P01-57P03 (admin/crash shutdown, cannot
+            // connect now): the server went away or is not ready yet.
+            Some(code) if code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03") => {
+                Error::Connection(error)
+            }
+            Some(_) => Error::Database(error),
+            None => match error {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => Error::Connection(error),
+                other => Error::Database(other),
+            },
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

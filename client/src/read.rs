@@ -1,0 +1,367 @@
+//! Paged reads as async streams: a stream forwards or backwards, the global log, a category.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+
+use futures_core::Stream;
+use sqlx::{PgConnection, PgPool};
+
+use crate::{Error, RecordedEvent, Result};
+
+/// The largest page the server hands out in one call.
+pub const MAX_PAGE_SIZE: u32 = 100_000;
+
+/// Events read one page at a time; at most one page is held in memory.
+pub type EventStream<'a> = Pin<Box<dyn Stream<Item = Result<RecordedEvent>> + Send + 'a>>;
+
+/// How to read one stream.
+#[derive(Clone, Debug)]
+pub struct ReadStreamOptions {
+    pub(crate) from_version: Option<u64>,
+    pub(crate) backwards: bool,
+    pub(crate) page_size: u32,
+    pub(crate) limit: Option<u64>,
+}
+
+impl Default for ReadStreamOptions {
+    fn default() -> Self {
+        ReadStreamOptions {
+            from_version: None,
+            backwards: false,
+            page_size: 1_000,
+            limit: None,
+        }
+    }
+}
+
+impl ReadStreamOptions {
+    /// From the first event, in version order (the default).
+    pub fn forwards() -> Self {
+        Self::default()
+    }
+
+    /// From the last event, in descending version order.
+    pub fn backwards() -> Self {
+        ReadStreamOptions {
+            backwards: true,
+            ..Self::default()
+        }
+    }
+
+    /// Start at this version (inclusive). Default: the start, or the end when backwards.
+    #[must_use]
+    pub fn from_version(mut self, version: u64) -> Self {
+        self.from_version = Some(version);
+        self
+    }
+
+    /// Events fetched per round trip, 1 to [`MAX_PAGE_SIZE`]. Default: 1,000.
+    #[must_use]
+    pub fn page_size(mut self, page_size: u32) -> Self {
+        self.page_size = page_size;
+        self
+    }
+
+    /// Stop after this many events. Default: no limit.
+    #[must_use]
+    pub fn limit(mut self, limit: u64) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+}
+
+/// How to read the global log or a category.
+#[derive(Clone, Debug)]
+pub struct ReadAllOptions {
+    pub(crate) after: u64,
+    pub(crate) event_types: Option<Vec<String>>,
+    pub(crate) categories: Option<Vec<String>>,
+    pub(crate) consumer_group: Option<(u32, u32)>,
+    pub(crate) page_size: u32,
+    pub(crate) limit: Option<u64>,
+}
+
+impl Default for ReadAllOptions {
+    fn default() -> Self {
+        ReadAllOptions {
+            after: 0,
+            event_types: None,
+            categories: None,
+            consumer_group: None,
+            page_size: 5_000,
+            limit: None,
+        }
+    }
+}
+
+impl ReadAllOptions {
+    /// Only events after this position. Default: 0, the beginning.
+    #[must_use]
+    pub fn after(mut self, position: u64) -> Self {
+        self.after = position;
+        self
+    }
+
+    /// Only events of these types (filtered in SQL). Default: all types.
+    #[must_use]
+    pub fn event_types<I, S>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.event_types = Some(types.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Only events of streams in these categories (global log only). Default: all.
+    #[must_use]
+    pub fn categories<I, S>(mut self, categories: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.categories = Some(categories.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Only the streams of consumer-group member `member` of `size` (category reads only):
+    /// each stream goes to exactly one member. Default: every stream.
+    #[must_use]
+    pub fn consumer_group(mut self, member: u32, size: u32) -> Self {
+        self.consumer_group = Some((member, size));
+        self
+    }
+
+    /// Events fetched per round trip, 1 to [`MAX_PAGE_SIZE`]. Default: 5,000.
+    #[must_use]
+    pub fn page_size(mut self, page_size: u32) -> Self {
+        self.page_size = page_size;
+        self
+    }
+
+    /// Stop after this many events. Default: no limit.
+    #[must_use]
+    pub fn limit(mut self, limit: u64) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+}
+
+/// Where a paged read is and what its next page asks for.
+#[derive(Clone, Debug)]
+pub(crate) enum Cursor {
+    Stream {
+        stream: String,
+        /// The next version to read; `None` backwards from the end.
+        next: Option<u64>,
+        backwards: bool,
+    },
+    All {
+        after: u64,
+        event_types: Option<Vec<String>>,
+        categories: Option<Vec<String>>,
+    },
+    Category {
+        category: String,
+        after: u64,
+        consumer_group: Option<(u32, u32)>,
+    },
+}
+
+/// Where the pages come from: the pool, or a connection (or transaction) of the caller.
+pub(crate) enum Source<'c> {
+    Pool(PgPool),
+    Connection(&'c mut PgConnection),
+}
+
+fn to_i64(what: &str, value: u64) -> Result<i64> {
+    i64::try_from(value)
+        .map_err(|_| Error::InvalidArgument(format!("{what} {value} is out of range")))
+}
+
+fn to_i32(what: &str, value: u32) -> Result<i32> {
+    i32::try_from(value)
+        .map_err(|_| Error::InvalidArgument(format!("{what} {value} is out of range")))
+}
+
+pub(crate) fn check_page_size(page_size: u32) -> Result<()> {
+    if page_size == 0 || page_size > MAX_PAGE_SIZE {
+        return Err(Error::InvalidArgument(format!(
+            "page size {page_size} is not between 1 and {MAX_PAGE_SIZE}"
+        )));
+    }
+    Ok(())
+}
+
+impl Cursor {
+    /// Fetches up to `count` events after the cursor and moves the cursor past them.
+    pub(crate) async fn next_page(
+        &mut self,
+        source: &mut Source<'_>,
+        count: u32,
+    ) -> Result<Vec<RecordedEvent>> {
+        let count = to_i32("page size", count)?;
+        let query = match self {
+            Cursor::Stream {
+                stream,
+                next,
+                backwards,
+            } => {
+                let from = match next {
+                    Some(version) => to_i64("version", *version)?,
+                    None => -1,
+                };
+                sqlx::query(
+                    "SELECT position, stream, version, type, data, metadata, id, recorded_at \
+                     FROM eventstore.read_stream($1, $2, $3, $4)",
+                )
+                .bind(stream.as_str())
+                .bind(from)
+                .bind(count)
+                .bind(*backwards)
+            }
+            Cursor::All {
+                after,
+                event_types,
+                categories,
+            } => sqlx::query(
+                "SELECT position, stream, version, type, data, metadata, id, recorded_at \
+                 FROM eventstore.read_all($1, $2, $3, $4)",
+            )
+            .bind(to_i64("position", *after)?)
+            .bind(count)
+            .bind(event_types.as_deref())
+            .bind(categories.as_deref()),
+            Cursor::Category {
+                category,
+                after,
+                consumer_group,
+            } => {
+                let (member, size) = match consumer_group {
+                    Some((member, size)) => (
+                        Some(to_i32("consumer group member", *member)?),
+                        Some(to_i32("consumer group size", *size)?),
+                    ),
+                    None => (None, None),
+                };
+                sqlx::query(
+                    "SELECT position, stream, version, type, data, metadata, id, recorded_at \
+                     FROM eventstore.read_category($1, $2, $3, $4, $5)",
+                )
+                .bind(category.as_str())
+                .bind(to_i64("position", *after)?)
+                .bind(count)
+                .bind(member)
+                .bind(size)
+            }
+        };
+        let rows = match source {
+            Source::Pool(pool) => query.fetch_all(&*pool).await?,
+            Source::Connection(connection) => query.fetch_all(&mut **connection).await?,
+        };
+        let events = rows
+            .iter()
+            .map(RecordedEvent::from_row)
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(last) = events.last() {
+            self.advance_past(last);
+        }
+        Ok(events)
+    }
+
+    pub(crate) fn advance_past(&mut self, event: &RecordedEvent) {
+        match self {
+            Cursor::Stream {
+                next, backwards, ..
+            } => {
+                *next = if *backwards {
+                    event.version.checked_sub(1)
+                } else {
+                    Some(event.version + 1)
+                };
+            }
+            Cursor::All { after, .. } | Cursor::Category { after, .. } => *after = event.position,
+        }
+    }
+
+    /// A backwards read that passed version 0 has nothing more to read.
+    fn exhausted(&self) -> bool {
+        matches!(
+            self,
+            Cursor::Stream {
+                next: None,
+                backwards: true,
+                ..
+            }
+        )
+    }
+}
+
+struct Paging<'c> {
+    source: Source<'c>,
+    cursor: Cursor,
+    page_size: u32,
+    remaining: Option<u64>,
+    buffer: VecDeque<RecordedEvent>,
+    done: bool,
+    started: bool,
+}
+
+/// Pages through `cursor`, `page_size` events per round trip, stopping after `limit`.
+pub(crate) fn paged<'c>(
+    source: Source<'c>,
+    cursor: Cursor,
+    page_size: u32,
+    limit: Option<u64>,
+) -> EventStream<'c> {
+    let state = Paging {
+        source,
+        cursor,
+        page_size,
+        remaining: limit,
+        buffer: VecDeque::new(),
+        done: false,
+        started: false,
+    };
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |mut state| async move {
+            loop {
+                if let Some(event) = state.buffer.pop_front() {
+                    return Some((Ok(event), state));
+                }
+                if state.done || state.remaining == Some(0) {
+                    return None;
+                }
+                if let Err(error) = check_page_size(state.page_size) {
+                    state.done = true;
+                    return Some((Err(error), state));
+                }
+                // A backwards read starting at the end must make its first call with `None`.
+                if state.started && state.cursor.exhausted() {
+                    return None;
+                }
+                state.started = true;
+                let count = match state.remaining {
+                    Some(remaining) => u32::try_from(remaining.min(u64::from(state.page_size)))
+                        .expect("at most page_size"),
+                    None => state.page_size,
+                };
+                match state.cursor.next_page(&mut state.source, count).await {
+                    Ok(page) => {
+                        let fetched = page.len();
+                        if let Some(remaining) = state.remaining.as_mut() {
+                            *remaining -= fetched as u64;
+                        }
+                        state.done = fetched < count as usize;
+                        state.buffer = page.into();
+                    }
+                    Err(error) => {
+                        state.done = true;
+                        return Some((Err(error), state));
+                    }
+                }
+            }
+        },
+    ))
+}

@@ -1,0 +1,448 @@
+//! Push subscriptions: catch up from a checkpoint, then follow the log as it grows.
+//!
+//! A notification on channel `eventstore` is only a wake-up. The subscription re-reads from
+//! its own checkpoint after each wake-up, after each reconnect of the listening connection,
+//! and every `poll_interval` regardless, so a lost notification only delays delivery. Reads
+//! go through `read_all` / `read_stream`, which never skip or repeat a committed event.
+//!
+//! Back-pressure: a subscription reads its next page only when its consumer has taken the
+//! previous one, so a slow consumer holds at most one page in memory and never slows the
+//! writers; wake-ups are folded into one "something may be new" value, never queued.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::Stream;
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Row};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::read::{check_page_size, Cursor, Source};
+use crate::{Error, EventStream, RecordedEvent, Result};
+
+/// The channel appends wake subscribers on.
+pub const CHANNEL: &str = "eventstore";
+
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+const LAST_RETRY: Duration = Duration::from_secs(5);
+const FIRST_RECHECK: Duration = Duration::from_millis(2);
+
+/// Where a subscription starts and what it delivers.
+#[derive(Clone, Debug)]
+pub struct SubscriptionOptions {
+    after: u64,
+    from_version: u64,
+    event_types: Option<Vec<String>>,
+    page_size: u32,
+    poll_interval: Duration,
+}
+
+impl Default for SubscriptionOptions {
+    fn default() -> Self {
+        SubscriptionOptions {
+            after: 0,
+            from_version: 0,
+            event_types: None,
+            page_size: 1_000,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl SubscriptionOptions {
+    /// Global log and category subscriptions: deliver events after this position (a
+    /// checkpoint you stored). Default: 0, from the beginning.
+    #[must_use]
+    pub fn after(mut self, position: u64) -> Self {
+        self.after = position;
+        self
+    }
+
+    /// Stream subscriptions: deliver events from this version on. Default: 0.
+    #[must_use]
+    pub fn from_version(mut self, version: u64) -> Self {
+        self.from_version = version;
+        self
+    }
+
+    /// Deliver only events of these types. Default: all types.
+    #[must_use]
+    pub fn event_types<I, S>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.event_types = Some(types.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Events read per round trip while catching up, 1 to 100,000. Default: 1,000.
+    #[must_use]
+    pub fn page_size(mut self, page_size: u32) -> Self {
+        self.page_size = page_size;
+        self
+    }
+
+    /// How often to re-read without a wake-up. Default: 1 second.
+    #[must_use]
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+}
+
+/// What a subscription follows.
+#[derive(Clone, Debug)]
+pub(crate) enum Target {
+    All,
+    Category(String),
+    Stream(String),
+}
+
+/// The latest wake-up: `generation` counts them; `head` is the payload (a readable
+/// position), `None` when the wake-up carried none (a reconnect, or a server that notifies
+/// per transaction).
+#[derive(Clone, Copy, Debug, Default)]
+struct Hint {
+    generation: u64,
+    head: Option<u64>,
+}
+
+/// One `LISTEN eventstore` connection shared by an [`crate::EventStore`]'s subscriptions;
+/// it stops when the last of them is dropped.
+pub(crate) struct Listener {
+    hints: watch::Receiver<Hint>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The listener of an event store, started on first use.
+#[derive(Default)]
+pub(crate) struct SharedListener(Mutex<Weak<Listener>>);
+
+impl std::fmt::Debug for SharedListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedListener")
+    }
+}
+
+impl SharedListener {
+    pub(crate) fn get(&self, pool: &PgPool) -> Arc<Listener> {
+        let mut slot = self.0.lock().expect("listener lock is never poisoned");
+        if let Some(listener) = slot.upgrade() {
+            return listener;
+        }
+        let (sender, hints) = watch::channel(Hint::default());
+        let task = tokio::spawn(listen(pool.clone(), sender));
+        let listener = Arc::new(Listener { hints, task });
+        *slot = Arc::downgrade(&listener);
+        listener
+    }
+}
+
+fn wake(hints: &watch::Sender<Hint>, head: Option<u64>) {
+    hints.send_modify(|hint| {
+        hint.generation += 1;
+        hint.head = head;
+    });
+}
+
+/// Keeps a `LISTEN eventstore` connection up and folds what it hears into `hints`.
+async fn listen(pool: PgPool, hints: watch::Sender<Hint>) {
+    let mut retry = FIRST_RETRY;
+    while !hints.is_closed() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(%error, "subscription listener cannot connect; retrying");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(LAST_RETRY);
+                continue;
+            }
+        };
+        if let Err(error) = listener.listen(CHANNEL).await {
+            tracing::warn!(%error, "LISTEN {CHANNEL} failed; retrying");
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(LAST_RETRY);
+            continue;
+        }
+        // Listening (again): whatever was missed meanwhile is caught up by re-reading.
+        wake(&hints, None);
+        retry = FIRST_RETRY;
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => wake(&hints, notification.payload().parse().ok()),
+                // The connection dropped and was re-established, LISTEN included.
+                Ok(None) => wake(&hints, None),
+                Err(error) => {
+                    tracing::warn!(%error, "subscription listener lost its connection");
+                    break;
+                }
+            }
+            if hints.is_closed() {
+                return;
+            }
+        }
+    }
+}
+
+/// A live feed of events: an async [`Stream`] that catches up from its starting point, then
+/// waits for new events, forever. It yields an error only for a failure that retrying
+/// cannot fix (for example a missing extension), and ends after it; lost connections and
+/// server restarts are retried with backoff, resuming exactly after the last event yielded.
+pub struct Subscription {
+    events: EventStream<'static>,
+}
+
+impl Subscription {
+    pub(crate) fn start(
+        pool: PgPool,
+        listener: Arc<Listener>,
+        target: Target,
+        options: SubscriptionOptions,
+    ) -> Self {
+        let hints = listener.hints.clone();
+        let (cursor, filtered) = match &target {
+            Target::All => (
+                Cursor::All {
+                    after: options.after,
+                    event_types: options.event_types.clone(),
+                    categories: None,
+                },
+                options.event_types.is_some(),
+            ),
+            Target::Category(category) => (
+                Cursor::All {
+                    after: options.after,
+                    event_types: options.event_types.clone(),
+                    categories: Some(vec![category.clone()]),
+                },
+                true,
+            ),
+            Target::Stream(stream) => (
+                Cursor::Stream {
+                    stream: stream.clone(),
+                    next: Some(options.from_version),
+                    backwards: false,
+                },
+                false,
+            ),
+        };
+        let follow = Follow {
+            pool,
+            _listener: listener,
+            hints,
+            cursor,
+            filtered,
+            stream_types: match target {
+                Target::Stream(_) => options.event_types.clone(),
+                _ => None,
+            },
+            page_size: options.page_size,
+            poll_interval: options.poll_interval,
+            buffer: VecDeque::new(),
+            recheck: None,
+            recheck_for: 0,
+            failed: false,
+        };
+        let events = futures_util::stream::unfold(follow, |mut follow| async move {
+            let item = follow.next().await?;
+            Some((item, follow))
+        });
+        Subscription {
+            events: Box::pin(events),
+        }
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<RecordedEvent>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.events.as_mut().poll_next(cx)
+    }
+}
+
+struct Follow {
+    pool: PgPool,
+    _listener: Arc<Listener>,
+    hints: watch::Receiver<Hint>,
+    cursor: Cursor,
+    /// Global-log reads with filters: an empty page also moves the checkpoint, to the head.
+    filtered: bool,
+    /// Stream subscriptions filter types here, as they page by version.
+    stream_types: Option<Vec<String>>,
+    page_size: u32,
+    poll_interval: Duration,
+    buffer: VecDeque<RecordedEvent>,
+    /// After a wake-up without a head found nothing: look again after this long, doubling,
+    /// since the events may become readable when an older transaction ends.
+    recheck: Option<Duration>,
+    /// The wake-up generation the re-checks are for.
+    recheck_for: u64,
+    failed: bool,
+}
+
+impl Follow {
+    async fn next(&mut self) -> Option<Result<RecordedEvent>> {
+        if self.failed {
+            return None;
+        }
+        if let Err(error) = check_page_size(self.page_size) {
+            self.failed = true;
+            return Some(Err(error));
+        }
+        let mut retry = FIRST_RETRY;
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                return Some(Ok(event));
+            }
+            // Take the wake-up state before reading, so a wake-up during the read is not
+            // mistaken for one already handled.
+            let seen = *self.hints.borrow_and_update();
+            match self.fetch().await {
+                Ok(0) => {}
+                Ok(_) => {
+                    retry = FIRST_RETRY;
+                    self.recheck = None;
+                    continue;
+                }
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(%error, ?retry, "subscription read failed; retrying");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(LAST_RETRY);
+                    continue;
+                }
+                Err(error) => {
+                    self.failed = true;
+                    return Some(Err(error));
+                }
+            }
+            self.wait(seen).await;
+        }
+    }
+
+    /// Waits until there may be something new: a wake-up past the checkpoint, a due
+    /// re-check, or the poll interval.
+    async fn wait(&mut self, seen: Hint) {
+        if seen.generation > 0 && seen.head.is_none() {
+            // The last wake-up carried no head and this read found nothing (yet).
+            if seen.generation != self.recheck_for {
+                self.recheck_for = seen.generation;
+                self.recheck = Some(FIRST_RECHECK);
+            } else if let Some(recheck) = self.recheck {
+                self.recheck = Some(recheck * 2);
+            }
+        }
+        let timeout = match self.recheck {
+            Some(recheck) if recheck < self.poll_interval => recheck,
+            _ => {
+                self.recheck = None;
+                self.poll_interval
+            }
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            tokio::select! {
+                changed = self.hints.changed() => {
+                    if changed.is_err() {
+                        // The listener is gone (runtime shutting down): poll only.
+                        tokio::time::sleep_until(deadline).await;
+                        return;
+                    }
+                    let hint = *self.hints.borrow();
+                    match (hint.head, self.checkpoint()) {
+                        // Everything up to the head was read already.
+                        (Some(head), Some(checkpoint)) if head <= checkpoint => continue,
+                        _ => {
+                            self.recheck = None;
+                            return;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+
+    /// The global position everything up to which was read, for global-log targets.
+    fn checkpoint(&self) -> Option<u64> {
+        match &self.cursor {
+            Cursor::All { after, .. } | Cursor::Category { after, .. } => Some(*after),
+            Cursor::Stream { .. } => None,
+        }
+    }
+
+    /// Reads the next page into the buffer; returns how many events it read.
+    async fn fetch(&mut self) -> Result<usize> {
+        let page_size = self.page_size;
+        if self.filtered {
+            return self.fetch_filtered().await;
+        }
+        let mut source = Source::Pool(self.pool.clone());
+        let page = self.cursor.next_page(&mut source, page_size).await?;
+        let read = page.len();
+        match &self.stream_types {
+            Some(types) => self
+                .buffer
+                .extend(page.into_iter().filter(|e| types.contains(&e.event_type))),
+            None => self.buffer.extend(page),
+        }
+        Ok(read)
+    }
+
+    /// A filtered global-log read that also returns the head from the same snapshot: when
+    /// the page is not full, nothing else exists up to the head, so the checkpoint moves
+    /// there and the next read does not scan the skipped events again.
+    async fn fetch_filtered(&mut self) -> Result<usize> {
+        let Cursor::All {
+            after,
+            event_types,
+            categories,
+        } = &mut self.cursor
+        else {
+            unreachable!("filtered subscriptions read the global log");
+        };
+        let from = i64::try_from(*after)
+            .map_err(|_| Error::InvalidArgument(format!("position {after} is out of range")))?;
+        let count = i32::try_from(self.page_size).expect("page size checked");
+        let rows = sqlx::query(
+            "SELECT h.head, r.position, r.stream, r.version, r.type, r.data, r.metadata, r.id, \
+                    r.recorded_at \
+             FROM (SELECT eventstore.head_position() AS head) AS h \
+             LEFT JOIN LATERAL eventstore.read_all($1, $2, $3, $4) AS r ON true \
+             ORDER BY r.position",
+        )
+        .bind(from)
+        .bind(count)
+        .bind(event_types.as_deref())
+        .bind(categories.as_deref())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut head = 0_i64;
+        let mut read = 0;
+        for row in &rows {
+            head = row.try_get("head")?;
+            let position: Option<i64> = row.try_get("position")?;
+            if position.is_some() {
+                let event = RecordedEvent::from_row(row)?;
+                *after = event.position;
+                self.buffer.push_back(event);
+                read += 1;
+            }
+        }
+        if read < self.page_size as usize {
+            *after = (*after).max(u64::try_from(head).unwrap_or_default());
+        }
+        Ok(read)
+    }
+}
