@@ -4,9 +4,15 @@
 //! Each scenario alternates baseline and append phases over several rounds (so drift in the
 //! machine's speed hits both alike) and prints the ratio with its DESIGN.md target.
 //!
-//! Usage: `eventstore-bench [--seconds N] [--rounds N]` with `DATABASE_URL` naming a database
-//! in which the bench may create the extension and a `bench` schema. `scripts/bench.sh` starts
-//! a private cluster and runs it.
+//! Then the client's figures (`client_bench.rs`): `read_all` catch-up against a plain indexed
+//! `SELECT`, and subscription latency under 8 writers.
+//!
+//! Usage: `eventstore-bench [--seconds N] [--rounds N] [--only append|catchup|subscriptions]
+//! [--catchup-sizes 100000,1000000]` with `DATABASE_URL` naming a database in which the bench
+//! may create the extension and a `bench` schema. `scripts/bench.sh` starts a private cluster
+//! and runs it.
+
+mod client_bench;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -181,6 +187,41 @@ async fn main() {
         .await
         .expect("connect");
     prepare(&pool).await;
+    let only = std::env::args()
+        .skip_while(|a| a != "--only")
+        .nth(1)
+        .unwrap_or_default();
+    let sizes: Vec<u64> = std::env::args()
+        .skip_while(|a| a != "--catchup-sizes")
+        .nth(1)
+        .unwrap_or_else(|| "100000,1000000".to_owned())
+        .split(',')
+        .map(|s| s.parse().expect("--catchup-sizes takes numbers"))
+        .collect();
+    let mut all_met = true;
+    if only.is_empty() || only == "append" {
+        all_met &= append_ratios(&pool, seconds, rounds).await;
+    }
+    let store = pg_eventstore_client::EventStore::from_pool(pool.clone());
+    if only.is_empty() || only == "subscriptions" {
+        all_met &= client_bench::subscriptions(&store, seconds, rounds).await;
+    }
+    if only.is_empty() || only == "catchup" {
+        all_met &= client_bench::catch_up(&store, &sizes, rounds).await;
+    }
+    println!(
+        "{}",
+        if all_met {
+            "all targets met"
+        } else {
+            "some targets missed"
+        }
+    );
+}
+
+/// The append scenarios; true when every target is met.
+async fn append_ratios(pool: &PgPool, seconds: u64, rounds: u64) -> bool {
+    let pool = pool.clone();
 
     println!(
         "pg_eventstore append benchmark: {rounds} rounds of {seconds} s per variant, alternating"
@@ -234,12 +275,5 @@ async fn main() {
             if met { "met" } else { "MISSED" }
         );
     }
-    println!(
-        "{}",
-        if all_met {
-            "all targets met"
-        } else {
-            "some targets missed"
-        }
-    );
+    all_met
 }

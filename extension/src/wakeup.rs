@@ -6,7 +6,7 @@
 //! slot of its database and sets the latch of that database's wake-up worker. The worker
 //! (one background process per database that appends, started on the first append) reads
 //! `eventstore.head_position()` and sends `NOTIFY eventstore, '<head>'` when it moved, at most
-//! once per [`MIN_INTERVAL_MS`]. It keeps polling briefly while committed events are not yet
+//! once per `eventstore.wakeup_interval` milliseconds (default 3). It keeps polling briefly while committed events are not yet
 //! readable (an older transaction is still running), so a wake-up is sent when they become
 //! readable even if nothing else commits.
 //!
@@ -14,25 +14,31 @@
 //! `NOTIFY eventstore` with an empty payload itself (correct, but notifying commits are
 //! serialized). `eventstore.wakeup_mode()` says which of the two is in effect.
 //!
+//! Workers of databases where no session has run `LISTEN eventstore` do no work: the utility
+//! hook counts listening sessions per database.
+//!
 //! A worker holds a connection to its database, which `DROP DATABASE`, `ALTER DATABASE` and
 //! `CREATE DATABASE ... TEMPLATE` refuse to work around; a utility hook asks the worker of
 //! such a database to exit first. Idle workers exit after [`IDLE_EXIT_SECS`].
 
 use std::cell::Cell;
 use std::ffi::{c_char, CStr};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
 
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::callbacks::{register_xact_callback, PgXactCallbackEvent};
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
-use pgrx::{pg_shmem_init, pg_sys, PgLwLock};
+use pgrx::{pg_shmem_init, pg_sys, GucContext, GucFlags, GucRegistry, GucSetting, PgLwLock};
 
 /// Databases that can have a wake-up worker at once; others fall back to per-transaction
 /// NOTIFY.
 const MAX_DATABASES: usize = 64;
-/// The shortest time between two wake-ups of one database.
-const MIN_INTERVAL_MS: u64 = 1;
+/// `eventstore.wakeup_interval`: the shortest time between two wake-ups of one database, in
+/// milliseconds. Each wake-up is a small transaction of the worker; under a steady stream of
+/// commits this bounds them to a few hundred per second.
+static WAKEUP_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(3);
 /// The longest pause between checks while committed events are not yet readable.
 const MAX_LAGGING_POLL_MS: u64 = 100;
 /// A worker with nothing to do for this long exits; the next append starts a new one.
@@ -49,7 +55,10 @@ enum State {
     Running,
 }
 
-#[derive(Clone, Copy, Default)]
+/// One database's wake-up state. The plain fields change under the exclusive lock; the
+/// atomics are updated by committing backends under the shared lock, so commits of
+/// different backends never wait for one another here.
+#[derive(Default)]
 struct Slot {
     database: u32,
     state: State,
@@ -60,25 +69,73 @@ struct Slot {
     /// `GetCurrentTimestamp()` when the worker was registered.
     registered_at: i64,
     /// The newest position committed in this database.
-    committed: i64,
+    committed: AtomicI64,
     /// Transactions that appended and have not ended yet; the worker does not exit idle
     /// while one could still commit.
-    open_transactions: u32,
+    open_transactions: AtomicU32,
 }
 
-#[derive(Clone, Copy)]
+impl Slot {
+    fn holds(&self, database: u32) -> bool {
+        self.state != State::Free && self.database == database
+    }
+
+    fn reset(&mut self, database: u32) {
+        *self = Slot {
+            database,
+            ..Slot::default()
+        };
+    }
+
+    fn end_transaction(&self) {
+        let _ = self
+            .open_transactions
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+}
+
 struct Slots([Slot; MAX_DATABASES]);
 
 impl Default for Slots {
     fn default() -> Self {
-        Slots([Slot::default(); MAX_DATABASES])
+        Slots(std::array::from_fn(|_| Slot::default()))
+    }
+}
+
+// SAFETY: plain data and atomics, no pointers.
+unsafe impl PGRXSharedMemory for Slots {}
+
+static SLOTS: PgLwLock<Slots> = unsafe { PgLwLock::new(c"pg_eventstore wake-ups") };
+
+/// Sessions that ran `LISTEN eventstore`, per database, so a worker whose database has no
+/// listener does no work at all. Counted by the utility hook; a full table makes every worker
+/// notify regardless.
+#[derive(Clone, Copy, Default)]
+struct ListenerCount {
+    database: u32,
+    sessions: u32,
+}
+
+#[derive(Clone, Copy)]
+struct Listeners {
+    counts: [ListenerCount; MAX_LISTENING_DATABASES],
+    overflowed: bool,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            counts: [ListenerCount::default(); MAX_LISTENING_DATABASES],
+            overflowed: false,
+        }
     }
 }
 
 // SAFETY: plain old data, no pointers.
-unsafe impl PGRXSharedMemory for Slots {}
+unsafe impl PGRXSharedMemory for Listeners {}
 
-static SLOTS: PgLwLock<Slots> = unsafe { PgLwLock::new(c"pg_eventstore wake-ups") };
+static LISTENERS: PgLwLock<Listeners> = unsafe { PgLwLock::new(c"pg_eventstore listeners") };
+const MAX_LISTENING_DATABASES: usize = 256;
 
 /// Whether `_PG_init` ran during `shared_preload_libraries`, so `SLOTS` exists. Set in the
 /// postmaster and inherited by every backend it forks.
@@ -90,6 +147,10 @@ thread_local! {
     /// The newest position this transaction appended, once it has registered its commit
     /// callback; `None` outside such a transaction.
     static TRANSACTION_HEAD: Cell<Option<i64>> = const { Cell::new(None) };
+    /// Whether this session is counted in `LISTENERS`.
+    static LISTENING: Cell<bool> = const { Cell::new(false) };
+    /// Whether the exit callback that uncounts this session is registered.
+    static EXIT_CALLBACK: Cell<bool> = const { Cell::new(false) };
 }
 
 unsafe extern "C-unwind" {
@@ -109,6 +170,16 @@ unsafe fn async_notify(channel: &CStr, payload: &CStr) {
 
 /// Called from `_PG_init`.
 pub(crate) fn init() {
+    GucRegistry::define_int_guc(
+        c"eventstore.wakeup_interval",
+        c"Shortest time between two wake-ups on channel eventstore, in milliseconds.",
+        c"Used by the wake-up worker when pg_eventstore is in shared_preload_libraries.",
+        &WAKEUP_INTERVAL_MS,
+        1,
+        1000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
     // SAFETY: _PG_init runs single-threaded, before any backend uses these statics.
     unsafe {
         if !pg_sys::process_shared_preload_libraries_in_progress {
@@ -116,6 +187,7 @@ pub(crate) fn init() {
         }
         PRELOADED = true;
         pg_shmem_init!(SLOTS);
+        pg_shmem_init!(LISTENERS);
         PREVIOUS_UTILITY_HOOK = pg_sys::ProcessUtility_hook;
         pg_sys::ProcessUtility_hook = Some(process_utility);
     }
@@ -158,12 +230,21 @@ pub(crate) fn appended(last_position: i64) {
 fn watch_transaction() -> bool {
     // SAFETY: reads of backend globals.
     let (database, now) = unsafe { (pg_sys::MyDatabaseId.to_u32(), pg_sys::GetCurrentTimestamp()) };
-    let (index, register) = {
-        let mut slots = SLOTS.exclusive();
-        let found = slots
+    {
+        // The common case: the database has a running worker.
+        let slots = SLOTS.share();
+        if let Some(slot) = slots
             .0
             .iter()
-            .position(|s| s.state != State::Free && s.database == database);
+            .find(|s| s.holds(database) && s.state == State::Running)
+        {
+            slot.open_transactions.fetch_add(1, Ordering::AcqRel);
+            return true;
+        }
+    }
+    let (index, register) = {
+        let mut slots = SLOTS.exclusive();
+        let found = slots.0.iter().position(|s| s.holds(database));
         let index = match found.or_else(|| slots.0.iter().position(|s| s.state == State::Free)) {
             Some(index) => index,
             None => return false,
@@ -173,22 +254,18 @@ fn watch_transaction() -> bool {
             && now - slot.registered_at > START_TIMEOUT_SECS * 1_000_000;
         let register = slot.state == State::Free || start_failed;
         if slot.state == State::Free {
-            *slot = Slot {
-                database,
-                ..Slot::default()
-            };
+            slot.reset(database);
         }
         if register {
             slot.state = State::Starting;
             slot.registered_at = now;
             slot.stop = false;
         }
-        slot.open_transactions += 1;
+        slot.open_transactions.fetch_add(1, Ordering::AcqRel);
         (index, register)
     };
     if register && !register_worker(index, database) {
-        let mut slots = SLOTS.exclusive();
-        slots.0[index] = Slot::default();
+        SLOTS.exclusive().0[index].reset(0);
         return false;
     }
     true
@@ -199,19 +276,16 @@ fn on_commit() {
     // SAFETY: a read of a backend global.
     let database = unsafe { pg_sys::MyDatabaseId.to_u32() };
     let latch = {
-        let mut slots = SLOTS.exclusive();
-        let Some(slot) = slots
-            .0
-            .iter_mut()
-            .find(|s| s.state != State::Free && s.database == database)
-        else {
+        let slots = SLOTS.share();
+        let Some(slot) = slots.0.iter().find(|s| s.holds(database)) else {
             return;
         };
-        slot.committed = slot.committed.max(head);
-        slot.open_transactions = slot.open_transactions.saturating_sub(1);
+        slot.committed.fetch_max(head, Ordering::AcqRel);
+        slot.end_transaction();
         (slot.state == State::Running).then_some(slot.procno)
     };
-    if let Some(procno) = latch {
+    // Waking the worker is a context switch; without listeners it would have nothing to do.
+    if let Some(procno) = latch.filter(|_| has_listeners(database)) {
         set_latch(procno);
     }
 }
@@ -220,14 +294,72 @@ fn on_abort() {
     TRANSACTION_HEAD.set(None);
     // SAFETY: a read of a backend global.
     let database = unsafe { pg_sys::MyDatabaseId.to_u32() };
-    let mut slots = SLOTS.exclusive();
-    if let Some(slot) = slots
-        .0
-        .iter_mut()
-        .find(|s| s.state != State::Free && s.database == database)
-    {
-        slot.open_transactions = slot.open_transactions.saturating_sub(1);
+    if let Some(slot) = SLOTS.share().0.iter().find(|s| s.holds(database)) {
+        slot.end_transaction();
     }
+}
+
+/// Counts or uncounts this session as a listener on channel `eventstore`.
+fn set_listening(listening: bool) {
+    if LISTENING.get() == listening {
+        return;
+    }
+    LISTENING.set(listening);
+    // SAFETY: a read of a backend global.
+    let database = unsafe { pg_sys::MyDatabaseId.to_u32() };
+    let mut listeners = LISTENERS.exclusive();
+    let index = listeners
+        .counts
+        .iter()
+        .position(|c| c.sessions > 0 && c.database == database)
+        .or_else(|| listeners.counts.iter().position(|c| c.sessions == 0));
+    match (index, listening) {
+        (Some(index), true) => {
+            let count = &mut listeners.counts[index];
+            count.database = database;
+            count.sessions += 1;
+        }
+        (Some(index), false) => {
+            let count = &mut listeners.counts[index];
+            if count.database == database {
+                count.sessions = count.sessions.saturating_sub(1);
+            }
+        }
+        (None, _) => listeners.overflowed = true,
+    }
+    drop(listeners);
+    if listening {
+        // The worker may have skipped commits while nobody listened; let it look now.
+        let procno = SLOTS
+            .share()
+            .0
+            .iter()
+            .find(|s| s.holds(database) && s.state == State::Running)
+            .map(|s| s.procno);
+        if let Some(procno) = procno {
+            set_latch(procno);
+        }
+    }
+    if listening && !EXIT_CALLBACK.get() {
+        EXIT_CALLBACK.set(true);
+        // SAFETY: registers a plain function, run when this backend exits.
+        unsafe { pg_sys::before_shmem_exit(Some(uncount_at_exit), pg_sys::Datum::from(0)) };
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn uncount_at_exit(_code: i32, _arg: pg_sys::Datum) {
+    set_listening(false);
+}
+
+/// Whether any session of `database` listens on channel `eventstore`.
+fn has_listeners(database: u32) -> bool {
+    let listeners = LISTENERS.share();
+    listeners.overflowed
+        || listeners
+            .counts
+            .iter()
+            .any(|c| c.sessions > 0 && c.database == database)
 }
 
 fn set_latch(procno: i32) {
@@ -286,7 +418,7 @@ pub unsafe extern "C-unwind" fn eventstore_wakeup_main(arg: pg_sys::Datum) {
     {
         let mut slots = SLOTS.exclusive();
         let slot = &mut slots.0[index];
-        if slot.stop || slot.database != database {
+        if slot.stop || slot.database != database || slot.state != State::Starting {
             return;
         }
         slot.state = State::Running;
@@ -299,9 +431,18 @@ pub unsafe extern "C-unwind" fn eventstore_wakeup_main(arg: pg_sys::Datum) {
     let mut lagging_poll_ms = 0_u64;
     let mut idle_for = Duration::ZERO;
     loop {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: reloads the configuration files, as every process does on SIGHUP.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
         let (committed, open, stop) = {
-            let slot = SLOTS.share().0[index];
-            (slot.committed, slot.open_transactions, slot.stop)
+            let slots = SLOTS.share();
+            let slot = &slots.0[index];
+            (
+                slot.committed.load(Ordering::Acquire),
+                slot.open_transactions.load(Ordering::Acquire),
+                slot.stop,
+            )
         };
         if stop {
             break;
@@ -309,18 +450,28 @@ pub unsafe extern "C-unwind" fn eventstore_wakeup_main(arg: pg_sys::Datum) {
         let timeout = if committed != handled || lagging_poll_ms > 0 {
             idle_for = Duration::ZERO;
             handled = committed;
+            if !has_listeners(database) {
+                // Nobody to wake. A session that starts listening reads from its checkpoint
+                // first, so skipping these commits loses nothing.
+                lagging_poll_ms = 0;
+                if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
+                    break;
+                }
+                continue;
+            }
             let (head, readable_below) =
                 BackgroundWorker::transaction(move || notify_head(notified));
             notified = notified.max(head);
             // Committed events at or above the bound belong next to a transaction that is
             // still running; check again soon, backing off, until they become readable.
+            let interval_ms = u64::try_from(WAKEUP_INTERVAL_MS.get()).unwrap_or(1);
             lagging_poll_ms = if readable_below <= committed {
-                (lagging_poll_ms * 2).clamp(MIN_INTERVAL_MS, MAX_LAGGING_POLL_MS)
+                (lagging_poll_ms * 2).clamp(interval_ms, MAX_LAGGING_POLL_MS.max(interval_ms))
             } else {
                 0
             };
             // SAFETY: a plain sleep; coalesces the commits of the next interval.
-            unsafe { pg_sys::pg_usleep(MIN_INTERVAL_MS as std::ffi::c_long * 1000) };
+            unsafe { pg_sys::pg_usleep(std::ffi::c_long::from(WAKEUP_INTERVAL_MS.get()) * 1000) };
             Duration::from_millis(if lagging_poll_ms > 0 {
                 lagging_poll_ms
             } else {
@@ -346,10 +497,12 @@ pub unsafe extern "C-unwind" fn eventstore_wakeup_main(arg: pg_sys::Datum) {
 fn exit_if_idle(index: usize, committed: i64) -> bool {
     let mut slots = SLOTS.exclusive();
     let slot = &mut slots.0[index];
-    if slot.committed != committed || slot.open_transactions != 0 {
+    if slot.committed.load(Ordering::Acquire) != committed
+        || slot.open_transactions.load(Ordering::Acquire) != 0
+    {
         return false;
     }
-    *slot = Slot::default();
+    slot.reset(0);
     true
 }
 
@@ -379,7 +532,7 @@ unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
     let mut slots = SLOTS.exclusive();
     let slot = &mut slots.0[index];
     if slot.state == State::Running && slot.procno == procno {
-        *slot = Slot::default();
+        slot.reset(0);
     }
 }
 
@@ -396,11 +549,7 @@ fn stop_worker_of(name: *const c_char) {
     }
     let latch = {
         let mut slots = SLOTS.exclusive();
-        let Some(slot) = slots
-            .0
-            .iter_mut()
-            .find(|s| s.state != State::Free && s.database == database)
-        else {
+        let Some(slot) = slots.0.iter_mut().find(|s| s.holds(database)) else {
             return;
         };
         slot.stop = true;
@@ -467,6 +616,24 @@ unsafe extern "C-unwind" fn process_utility(
                 _ => {}
             }
         }
+        let listening = if node.is_null() {
+            None
+        } else {
+            match (*node).type_ {
+                pg_sys::NodeTag::T_ListenStmt => {
+                    let name = (*node.cast::<pg_sys::ListenStmt>()).conditionname;
+                    (!name.is_null() && CStr::from_ptr(name) == CHANNEL).then_some(true)
+                }
+                pg_sys::NodeTag::T_UnlistenStmt => {
+                    let name = (*node.cast::<pg_sys::UnlistenStmt>()).conditionname;
+                    (name.is_null() || CStr::from_ptr(name) == CHANNEL).then_some(false)
+                }
+                pg_sys::NodeTag::T_DiscardStmt => ((*node.cast::<pg_sys::DiscardStmt>()).target
+                    == pg_sys::DiscardMode::DISCARD_ALL)
+                    .then_some(false),
+                _ => None,
+            }
+        };
         match PREVIOUS_UTILITY_HOOK {
             Some(previous) => previous(
                 pstmt,
@@ -488,6 +655,9 @@ unsafe extern "C-unwind" fn process_utility(
                 dest,
                 qc,
             ),
+        }
+        if let Some(listening) = listening {
+            set_listening(listening);
         }
     }
 }
