@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or an old one:
 #   1. the in-database #[pg_test] tests (pgrx runs them in a cluster of its own);
-#   2. the integration tests in tests/ against a private cluster with the extension installed;
-#   3. the psql walkthroughs in sql/, run as written.
+#   2. the client crate's unit and doc tests, and the integration tests in tests/ against a
+#      private cluster that preloads the extension;
+#   3. the client example (the seed's minimal event store interface);
+#   4. the psql walkthroughs in sql/, run as written.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -32,7 +34,19 @@ export DATABASE_URL EVENTSTORE_TEST_PGDATA
 DATABASE_URL=$(scripts/cluster.sh url "$cluster")
 # tests/server_restart.rs restarts this cluster.
 EVENTSTORE_TEST_PGDATA="$root/$cluster/data"
-cargo test -p pg_eventstore_tests 2>&1 | tee -a "$log"
+cargo test -p pg_eventstore_client -p pg_eventstore_tests 2>&1 | tee -a "$log"
+
+echo "== the client example: the seed's minimal event store interface"
+examples=0
+psql -X -q -h 127.0.0.1 -p "$(cat "$cluster/port")" -U postgres -d postgres \
+  -c "CREATE DATABASE example_minimal_event_store" >/dev/null
+if DATABASE_URL=$(scripts/cluster.sh url "$cluster" example_minimal_event_store) \
+  cargo run -q -p pg_eventstore_client --example minimal_event_store; then
+  examples=1
+else
+  echo "example: minimal_event_store FAILED" >&2
+  exit 1
+fi
 
 echo "== psql walkthroughs in sql/"
 port=$(cat "$cluster/port")
@@ -51,4 +65,4 @@ done
 passed=$(sed -n 's/^test result: [a-z]*\. \([0-9]*\) passed.*/\1/p' "$log" | awk '{s += $1} END {print s + 0}')
 failed=$(sed -n 's/^test result: .* \([0-9]*\) failed.*/\1/p' "$log" | awk '{s += $1} END {print s + 0}')
 echo "all test stages passed"
-echo "Summary: $((passed + walkthroughs)) passed, $failed failed"
+echo "Summary: $((passed + walkthroughs + examples)) passed, $failed failed"

@@ -27,7 +27,6 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
 
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
-use pgrx::callbacks::{register_xact_callback, PgXactCallbackEvent};
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{pg_shmem_init, pg_sys, GucContext, GucFlags, GucRegistry, GucSetting, PgLwLock};
@@ -135,7 +134,7 @@ impl Default for Listeners {
 unsafe impl PGRXSharedMemory for Listeners {}
 
 static LISTENERS: PgLwLock<Listeners> = unsafe { PgLwLock::new(c"pg_eventstore listeners") };
-const MAX_LISTENING_DATABASES: usize = 256;
+const MAX_LISTENING_DATABASES: usize = 64;
 
 /// Whether `_PG_init` ran during `shared_preload_libraries`, so `SLOTS` exists. Set in the
 /// postmaster and inherited by every backend it forks.
@@ -147,6 +146,8 @@ thread_local! {
     /// The newest position this transaction appended, once it has registered its commit
     /// callback; `None` outside such a transaction.
     static TRANSACTION_HEAD: Cell<Option<i64>> = const { Cell::new(None) };
+    /// Whether `transaction_end` is registered in this backend.
+    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
     /// Whether this session is counted in `LISTENERS`.
     static LISTENING: Cell<bool> = const { Cell::new(false) };
     /// Whether the exit callback that uncounts this session is registered.
@@ -221,8 +222,29 @@ pub(crate) fn appended(last_position: i64) {
         return;
     }
     TRANSACTION_HEAD.set(Some(last_position));
-    register_xact_callback(PgXactCallbackEvent::Commit, on_commit);
-    register_xact_callback(PgXactCallbackEvent::Abort, on_abort);
+    if !CALLBACK_REGISTERED.get() {
+        CALLBACK_REGISTERED.set(true);
+        // SAFETY: a plain function, registered once per backend for the rest of its life;
+        // it does nothing in transactions that did not append.
+        unsafe { pg_sys::RegisterXactCallback(Some(transaction_end), std::ptr::null_mut()) };
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn transaction_end(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    if TRANSACTION_HEAD.get().is_none() {
+        return;
+    }
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_COMMIT => on_commit(),
+        // A prepared transaction commits later, maybe in another session: subscribers see its
+        // events on their next poll.
+        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PREPARE => on_abort(),
+        _ => {}
+    }
 }
 
 /// Counts this transaction in its database's slot, starting the database's worker when it
@@ -244,8 +266,18 @@ fn watch_transaction() -> bool {
     }
     let (index, register) = {
         let mut slots = SLOTS.exclusive();
+        let start_failed_long_ago = |s: &Slot| {
+            s.state == State::Starting
+                && now - s.registered_at > START_TIMEOUT_SECS * 1_000_000
+                && s.open_transactions.load(Ordering::Acquire) == 0
+        };
         let found = slots.0.iter().position(|s| s.holds(database));
-        let index = match found.or_else(|| slots.0.iter().position(|s| s.state == State::Free)) {
+        // A worker that died before it started (its database dropped meanwhile) leaves its
+        // slot Starting; such slots are reused once nothing else is free.
+        let index = match found
+            .or_else(|| slots.0.iter().position(|s| s.state == State::Free))
+            .or_else(|| slots.0.iter().position(start_failed_long_ago))
+        {
             Some(index) => index,
             None => return false,
         };
@@ -253,7 +285,7 @@ fn watch_transaction() -> bool {
         let start_failed = slot.state == State::Starting
             && now - slot.registered_at > START_TIMEOUT_SECS * 1_000_000;
         let register = slot.state == State::Free || start_failed;
-        if slot.state == State::Free {
+        if slot.state == State::Free || slot.database != database {
             slot.reset(database);
         }
         if register {
@@ -531,7 +563,8 @@ unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
     let procno = unsafe { (*pg_sys::MyProc).pgprocno };
     let mut slots = SLOTS.exclusive();
     let slot = &mut slots.0[index];
-    if slot.state == State::Running && slot.procno == procno {
+    // Starting: this worker exits before it ran (stop requested, or its database went away).
+    if (slot.state == State::Running && slot.procno == procno) || slot.state == State::Starting {
         slot.reset(0);
     }
 }
