@@ -199,8 +199,12 @@ async fn main() -> Result<()> {
     store
         .dispatch(user_created(&user, "after unsubscribe"))
         .await?;
+    // The removed handler owned the channel's sender: the channel closes without a message.
     let quiet = tokio::time::timeout(Duration::from_millis(500), seen_rx.recv()).await;
-    assert!(quiet.is_err(), "no handler runs after unsubscribe");
+    assert!(
+        matches!(quiet, Err(_) | Ok(None)),
+        "no handler runs after unsubscribe"
+    );
     println!("unsubscribed handler is no longer called; minimal event store example ok");
     Ok(())
 }
