@@ -95,14 +95,14 @@ impl EventStore {
         .fetch_one(executor)
         .await?;
         let first_version: Option<i64> = row.try_get(0)?;
-        let Some(first_version) = first_version else {
+        if first_version.is_none() {
             let current: i64 = row.try_get(4)?;
             return Err(Error::WrongExpectedVersion {
                 stream: stream.to_owned(),
                 expected,
                 actual: u64::try_from(current).ok(),
             });
-        };
+        }
         let column = |index: usize| -> Result<u64> {
             let value: i64 = row.try_get(index)?;
             u64::try_from(value).map_err(|_| {
@@ -112,7 +112,7 @@ impl EventStore {
             })
         };
         Ok(AppendResult {
-            first_version: u64::try_from(first_version).unwrap_or_default(),
+            first_version: column(0)?,
             last_version: column(1)?,
             first_position: column(2)?,
             last_position: column(3)?,

@@ -137,24 +137,13 @@ pub extern "C" fn pg_finfo_eventstore_append() -> &'static pg_sys::Pg_finfo_reco
 pub unsafe extern "C-unwind" fn eventstore_append(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    use pgrx::fcinfo::{pg_getarg, pg_getarg_datum};
-    // SAFETY: the argument types are those of the SQL declaration.
-    let (stream_datum, stream, events, expected) = unsafe {
-        let stream_datum = pg_getarg_datum(fcinfo, 0);
-        let stream = pg_getarg::<&str>(fcinfo, 0);
-        let events = pg_getarg_datum(fcinfo, 1);
-        let expected = pg_getarg::<i64>(fcinfo, 2);
-        (stream_datum, stream, events, expected)
-    };
-    let (Some(stream_datum), Some(stream)) = (stream_datum, stream) else {
-        raise(invalid_parameter("stream must not be NULL"));
-    };
-    check_stream_name(stream);
-    let Some(events) = events else {
-        raise(invalid_parameter("events must not be NULL"));
-    };
-    let expected = ExpectedVersion::from_sql(expected);
-    let batch = event_batch::parse(events);
+    // SAFETY: fcinfo is the live call of eventstore.append.
+    let Call {
+        stream_datum,
+        stream,
+        batch,
+        expected,
+    } = unsafe { Call::read(fcinfo) };
     let outcome = append(stream_datum, stream, &batch, expected);
     let appended = outcome.unwrap_or_else(|WrongVersion { current }| {
         raise(wrong_expected_version(
@@ -186,30 +175,60 @@ pub extern "C" fn pg_finfo_eventstore_try_append() -> &'static pg_sys::Pg_finfo_
 pub unsafe extern "C-unwind" fn eventstore_try_append(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    use pgrx::fcinfo::{pg_getarg, pg_getarg_datum};
-    // SAFETY: the argument types are those of the SQL declaration.
-    let (stream_datum, stream, events, expected) = unsafe {
-        let stream_datum = pg_getarg_datum(fcinfo, 0);
-        let stream = pg_getarg::<&str>(fcinfo, 0);
-        let events = pg_getarg_datum(fcinfo, 1);
-        let expected = pg_getarg::<i64>(fcinfo, 2);
-        (stream_datum, stream, events, expected)
-    };
-    let (Some(stream_datum), Some(stream)) = (stream_datum, stream) else {
-        raise(invalid_parameter("stream must not be NULL"));
-    };
-    check_stream_name(stream);
-    let Some(events) = events else {
-        raise(invalid_parameter("events must not be NULL"));
-    };
-    let expected = ExpectedVersion::from_sql(expected);
-    let batch = event_batch::parse(events);
+    // SAFETY: fcinfo is the live call of eventstore.try_append.
+    let Call {
+        stream_datum,
+        stream,
+        batch,
+        expected,
+    } = unsafe { Call::read(fcinfo) };
     // SAFETY: fcinfo is the live call; the result type is eventstore.append_attempt.
     match append(stream_datum, stream, &batch, expected) {
         Ok(appended) => unsafe {
             result_tuple(fcinfo, Some(appended), Some(appended.last_version))
         },
         Err(WrongVersion { current }) => unsafe { result_tuple(fcinfo, None, Some(current)) },
+    }
+}
+
+/// The checked arguments of `append` and `try_append`, which share their SQL signature.
+struct Call<'a> {
+    stream_datum: pg_sys::Datum,
+    stream: &'a str,
+    batch: Vec<NewEvent>,
+    expected: ExpectedVersion,
+}
+
+impl Call<'_> {
+    /// Reads and checks `(stream text, events jsonb, expected_version bigint)`, raising 22023
+    /// for NULLs, bad stream names, bad expectations and malformed events.
+    ///
+    /// # Safety
+    /// `fcinfo` is the live call of a function declared with those arguments.
+    unsafe fn read(fcinfo: pg_sys::FunctionCallInfo) -> Self {
+        use pgrx::fcinfo::{pg_getarg, pg_getarg_datum};
+        // SAFETY: the argument types are those of the SQL declaration.
+        let (stream_datum, stream, events, expected) = unsafe {
+            let stream_datum = pg_getarg_datum(fcinfo, 0);
+            let stream = pg_getarg::<&str>(fcinfo, 0);
+            let events = pg_getarg_datum(fcinfo, 1);
+            let expected = pg_getarg::<i64>(fcinfo, 2);
+            (stream_datum, stream, events, expected)
+        };
+        let (Some(stream_datum), Some(stream)) = (stream_datum, stream) else {
+            raise(invalid_parameter("stream must not be NULL"));
+        };
+        check_stream_name(stream);
+        let Some(events) = events else {
+            raise(invalid_parameter("events must not be NULL"));
+        };
+        let expected = ExpectedVersion::from_sql(expected);
+        Call {
+            stream_datum,
+            stream,
+            batch: event_batch::parse(events),
+            expected,
+        }
     }
 }
 

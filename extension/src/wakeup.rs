@@ -250,8 +250,8 @@ unsafe extern "C-unwind" fn transaction_end(
 /// Counts this transaction in its database's slot, starting the database's worker when it
 /// has none. False when no slot or worker is available.
 fn watch_transaction() -> bool {
-    // SAFETY: reads of backend globals.
-    let (database, now) = unsafe { (pg_sys::MyDatabaseId.to_u32(), pg_sys::GetCurrentTimestamp()) };
+    // SAFETY: a read of a backend global.
+    let database = unsafe { pg_sys::MyDatabaseId.to_u32() };
     {
         // The common case: the database has a running worker.
         let slots = SLOTS.share();
@@ -264,6 +264,8 @@ fn watch_transaction() -> bool {
             return true;
         }
     }
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let (index, register) = {
         let mut slots = SLOTS.exclusive();
         let start_failed_long_ago = |s: &Slot| {

@@ -56,32 +56,27 @@ async fn ensure_template(admin: &mut PgConnection) {
 impl TestDb {
     /// A new, empty event store with room for `connections` concurrent connections.
     pub async fn new(connections: u32) -> TestDb {
-        let admin = admin_options();
-        let mut conn = admin.connect().await.expect("connect to DATABASE_URL");
-        ensure_template(&mut conn).await;
-        let name = format!("es_test_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        conn.close().await.unwrap();
-        let pool = PgPoolOptions::new()
-            .max_connections(connections)
-            .connect_with(admin.clone().database(&name))
-            .await
-            .unwrap();
-        TestDb { pool, name, admin }
+        Self::create(Some(TEMPLATE), connections).await
     }
 
     /// A database without the extension, for migration tests.
     pub async fn empty(connections: u32) -> TestDb {
+        Self::create(None, connections).await
+    }
+
+    /// A database of its own, copied from `template` when given.
+    async fn create(template: Option<&str>, connections: u32) -> TestDb {
         let admin = admin_options();
         let mut conn = admin.connect().await.expect("connect to DATABASE_URL");
         let name = format!("es_test_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        let create = match template {
+            Some(template) => {
+                ensure_template(&mut conn).await;
+                format!("CREATE DATABASE {name} TEMPLATE {template}")
+            }
+            None => format!("CREATE DATABASE {name}"),
+        };
+        sqlx::query(&create).execute(&mut conn).await.unwrap();
         conn.close().await.unwrap();
         let pool = PgPoolOptions::new()
             .max_connections(connections)
