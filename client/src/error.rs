@@ -71,6 +71,9 @@ pub enum Error {
     /// Applying the migrations failed.
     #[error("migration failed: {0}")]
     Migration(#[source] refinery_core::Error),
+    /// A projection is stopped at an event it cannot apply.
+    #[error("{0}")]
+    Projection(Box<crate::projection::ProjectionFailure>),
 }
 
 fn describe_version(version: Option<u64>) -> String {
@@ -124,22 +127,38 @@ impl From<sqlx::Error> for Error {
             Some("22023") => Error::InvalidEvent { message: message() },
             Some("23505") => Error::DuplicateEventId { message: message() },
             Some("54000") => Error::LimitExceeded { message: message() },
-            // Class 08 (connection exception), 57P01-57P03 (admin/crash shutdown, cannot
-            // connect now): the server went away or is not ready yet.
-            Some(code) if code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03") => {
-                Error::Connection(error)
-            }
+            Some(code) if connection_code(code) => Error::Connection(error),
             Some(_) => Error::Database(error),
-            None => match error {
-                sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::Protocol(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed => Error::Connection(error),
-                other => Error::Database(other),
-            },
+            None if connection_kind(&error) => Error::Connection(error),
+            None => Error::Database(error),
         }
+    }
+}
+
+/// Class 08 (connection exception), 57P01-57P03 (admin/crash shutdown, cannot connect now):
+/// the server went away or is not ready yet.
+fn connection_code(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
+/// Errors without a SQLSTATE that mean the connection, not the request, failed.
+fn connection_kind(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    )
+}
+
+/// [`Error::is_transient`] for a sqlx error not converted (yet).
+pub(crate) fn sqlx_is_transient(error: &sqlx::Error) -> bool {
+    match error.as_database_error().and_then(|db| db.code()) {
+        Some(code) => connection_code(&code) || code == "40001" || code == "40P01",
+        None => connection_kind(error),
     }
 }
 

@@ -89,6 +89,7 @@ mod error;
 mod event;
 mod expected_version;
 mod migrations;
+pub mod projection;
 mod read;
 mod store;
 mod subscription;

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 
 use futures_core::Stream;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool, Row};
 
 use crate::{Error, RecordedEvent, Result};
 
@@ -182,6 +182,41 @@ fn to_i64(what: &str, value: u64) -> Result<i64> {
 fn to_i32(what: &str, value: u32) -> Result<i32> {
     i32::try_from(value)
         .map_err(|_| Error::InvalidArgument(format!("{what} {value} is out of range")))
+}
+
+/// A global-log page and the head from the same statement snapshot. When the page has fewer
+/// than `count` events, nothing else matching the filters exists up to the head, so a reader
+/// may move its checkpoint there and not scan the skipped events again.
+pub(crate) async fn read_all_with_head<'e>(
+    executor: impl PgExecutor<'e>,
+    after: u64,
+    count: u32,
+    event_types: Option<&[String]>,
+    categories: Option<&[String]>,
+) -> Result<(Vec<RecordedEvent>, u64)> {
+    let rows = sqlx::query(
+        "SELECT h.head, r.position, r.stream, r.version, r.type, r.data, r.metadata, r.id, \
+                r.recorded_at \
+         FROM (SELECT eventstore.head_position() AS head) AS h \
+         LEFT JOIN LATERAL eventstore.read_all($1, $2, $3, $4) AS r ON true \
+         ORDER BY r.position",
+    )
+    .bind(to_i64("position", after)?)
+    .bind(to_i32("page size", count)?)
+    .bind(event_types)
+    .bind(categories)
+    .fetch_all(executor)
+    .await?;
+    let mut head = 0_i64;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        head = row.try_get("head")?;
+        let position: Option<i64> = row.try_get("position")?;
+        if position.is_some() {
+            events.push(RecordedEvent::from_row(row)?);
+        }
+    }
+    Ok((events, u64::try_from(head).unwrap_or_default()))
 }
 
 pub(crate) fn check_page_size(page_size: u32) -> Result<()> {

@@ -4,7 +4,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgExecutor, PgPool, Row};
 
 use crate::read::{paged, Cursor, Source};
-use crate::subscription::{SharedListener, Subscription, SubscriptionOptions, Target};
+use crate::subscription::{Listener, SharedListener, Subscription, SubscriptionOptions, Target};
 use crate::{
     migrations, AppendResult, AppliedMigration, Error, EventData, EventStream, ExpectedVersion,
     ReadAllOptions, ReadStreamOptions, Result,
@@ -204,8 +204,14 @@ impl EventStore {
         self.subscribe(Target::Stream(stream.to_owned()), options)
     }
 
+    /// The shared `LISTEN eventstore` connection, started if need be; it stays up while the
+    /// returned handle lives.
+    pub(crate) fn listener(&self) -> Arc<Listener> {
+        self.listener.get(&self.pool)
+    }
+
     fn subscribe(&self, target: Target, options: SubscriptionOptions) -> Subscription {
-        let listener = self.listener.get(&self.pool);
+        let listener = self.listener();
         Subscription::start(self.pool.clone(), listener, target, options)
     }
 }

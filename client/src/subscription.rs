@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use futures_core::Stream;
 use sqlx::postgres::PgListener;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::read::{check_page_size, Cursor, Source};
-use crate::{Error, EventStream, RecordedEvent, Result};
+use crate::read::{check_page_size, read_all_with_head, Cursor, Source};
+use crate::{EventStream, RecordedEvent, Result};
 
 /// The channel appends wake subscribers on.
 pub const CHANNEL: &str = "eventstore";
@@ -107,15 +107,15 @@ pub(crate) enum Target {
 /// position), `None` when the wake-up carried none (a reconnect, or a server that notifies
 /// per transaction).
 #[derive(Clone, Copy, Debug, Default)]
-struct Hint {
-    generation: u64,
-    head: Option<u64>,
+pub(crate) struct Hint {
+    pub(crate) generation: u64,
+    pub(crate) head: Option<u64>,
 }
 
 /// One `LISTEN eventstore` connection shared by an [`crate::EventStore`]'s subscriptions;
 /// it stops when the last of them is dropped.
 pub(crate) struct Listener {
-    hints: watch::Receiver<Hint>,
+    pub(crate) hints: watch::Receiver<Hint>,
     task: JoinHandle<()>,
 }
 
@@ -412,36 +412,21 @@ impl Follow {
         else {
             unreachable!("filtered subscriptions read the global log");
         };
-        let from = i64::try_from(*after)
-            .map_err(|_| Error::InvalidArgument(format!("position {after} is out of range")))?;
-        let count = i32::try_from(self.page_size).expect("page size checked");
-        let rows = sqlx::query(
-            "SELECT h.head, r.position, r.stream, r.version, r.type, r.data, r.metadata, r.id, \
-                    r.recorded_at \
-             FROM (SELECT eventstore.head_position() AS head) AS h \
-             LEFT JOIN LATERAL eventstore.read_all($1, $2, $3, $4) AS r ON true \
-             ORDER BY r.position",
+        let (page, head) = read_all_with_head(
+            &self.pool,
+            *after,
+            self.page_size,
+            event_types.as_deref(),
+            categories.as_deref(),
         )
-        .bind(from)
-        .bind(count)
-        .bind(event_types.as_deref())
-        .bind(categories.as_deref())
-        .fetch_all(&self.pool)
         .await?;
-        let mut head = 0_i64;
-        let mut read = 0;
-        for row in &rows {
-            head = row.try_get("head")?;
-            let position: Option<i64> = row.try_get("position")?;
-            if position.is_some() {
-                let event = RecordedEvent::from_row(row)?;
-                *after = event.position;
-                self.buffer.push_back(event);
-                read += 1;
-            }
+        let read = page.len();
+        if let Some(last) = page.last() {
+            *after = last.position;
         }
+        self.buffer.extend(page);
         if read < self.page_size as usize {
-            *after = (*after).max(u64::try_from(head).unwrap_or_default());
+            *after = (*after).max(head);
         }
         Ok(read)
     }

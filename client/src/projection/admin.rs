@@ -1,0 +1,539 @@
+//! Operating projections: rebuild from zero, replay to a point into another schema, stats.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{Connection, PgConnection, Row};
+
+use super::runner::{runner_connection, to_i64, try_lock, Runner, Step};
+use super::{ensure_checkpoint, quote_ident, Projection, ProjectionFailure};
+use crate::read::{check_page_size, read_all_with_head};
+use crate::{Error, EventStore, RecordedEvent, Result};
+
+/// How far a rebuild or replay has come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Events applied so far.
+    pub done: u64,
+    /// Events to apply in all (counted when it started).
+    pub total: u64,
+    /// The global position reached.
+    pub position: u64,
+}
+
+/// How often a rebuild that a daemon carries out looks at its checkpoint.
+const WATCH_EVERY: Duration = Duration::from_millis(200);
+
+/// Empties the projection's tables and applies the log from zero, reporting progress.
+/// Returns the number of events applied.
+///
+/// When no daemon runs the projection, the rebuild applies the events itself, up to the head
+/// of the log when it started, holding the projection's lock meanwhile (a daemon started in
+/// between waits, then continues from there). When a daemon runs it, the rebuild resets its
+/// tables and checkpoint in one transaction (the daemon's batch in flight is rolled back by
+/// its checkpoint check), and follows the daemon's progress until it is past that head.
+pub async fn rebuild(
+    store: &EventStore,
+    projection: &dyn Projection,
+    batch_size: u32,
+    mut progress: impl FnMut(Progress),
+) -> Result<u64> {
+    check_page_size(batch_size)?;
+    let name = projection.name();
+    let mut connection = runner_connection(store, name).await?;
+    ensure_checkpoint(&mut connection, name).await?;
+    let owner = try_lock(&mut connection, name).await?;
+    let target = head(&mut connection).await?;
+    let total = count_events(&mut connection, &projection.event_types(), 0, target).await?;
+    reset(&mut connection, projection).await?;
+    tracing::info!(projection = %name, events = total, through = target, runner = if owner { "this process" } else { "a daemon" }, "rebuilding");
+    progress(Progress {
+        done: 0,
+        total,
+        position: 0,
+    });
+    let done = if owner {
+        let mut done = 0;
+        let mut runner = Runner::start(&mut connection, projection, batch_size).await?;
+        loop {
+            match runner.step(Some(target)).await? {
+                Step::Applied { count, .. } => done += count as u64,
+                Step::Idle => break,
+                // Another rebuild reset it meanwhile: start over with it.
+                Step::Moved => done = 0,
+                Step::Failed(failure) => return Err(Error::Projection(failure)),
+                Step::Retry(error) => {
+                    tracing::warn!(projection = %name, %error, "batch failed for a transient reason; retrying");
+                    tokio::time::sleep(WATCH_EVERY).await;
+                }
+            }
+            progress(Progress {
+                done,
+                total,
+                position: runner.stored,
+            });
+            if runner.stored >= target {
+                break;
+            }
+        }
+        done
+    } else {
+        loop {
+            tokio::time::sleep(WATCH_EVERY).await;
+            let row = sqlx::query(
+                "SELECT position, events_applied, failed_position, failed_stream, \
+                        failed_version, failed_type, failed_event_id, error \
+                 FROM projections.checkpoints WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_one(&mut connection)
+            .await?;
+            let position = to_u64(row.try_get("position")?);
+            let done = to_u64(row.try_get("events_applied")?);
+            progress(Progress {
+                done,
+                total,
+                position,
+            });
+            if let Some(failure) = failure_of(name, &row)? {
+                return Err(Error::Projection(Box::new(failure)));
+            }
+            if position >= target {
+                break done;
+            }
+        }
+    };
+    let _ = connection.close().await;
+    Ok(done)
+}
+
+/// Empties the projection's tables and sets its checkpoint to zero, in one transaction.
+async fn reset(connection: &mut PgConnection, projection: &dyn Projection) -> Result<()> {
+    let tables = projection
+        .tables()
+        .iter()
+        .map(|table| {
+            format!(
+                "{}.{}",
+                quote_ident(projection.schema()),
+                quote_ident(table)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut tx = connection.begin().await?;
+    // Tables first: TRUNCATE waits for a daemon's batch in flight, whose checkpoint update
+    // then precedes (and loses to) this one.
+    if !tables.is_empty() {
+        sqlx::query(&format!("TRUNCATE {tables}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(
+        "UPDATE projections.checkpoints \
+         SET position = 0, events_applied = 0, updated_at = now(), failed_position = NULL, \
+             failed_stream = NULL, failed_version = NULL, failed_type = NULL, \
+             failed_event_id = NULL, error = NULL, failed_at = NULL, failures = 0 \
+         WHERE name = $1",
+    )
+    .bind(projection.name())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The point a replay stops at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayUntil {
+    /// Through this global position.
+    Position(u64),
+    /// Through the last event, in global order, recorded at or before this time.
+    Time(DateTime<Utc>),
+}
+
+/// What a replay built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// The schema holding the tables.
+    pub schema: String,
+    /// The global position they reflect: every event through it was applied.
+    pub position: u64,
+    /// Events applied.
+    pub events: u64,
+}
+
+/// Builds the projection's tables into `schema` as they were at `until`: creates the schema
+/// and empty copies of the tables (`LIKE ... INCLUDING ALL`), applies the log from zero
+/// through that point, and commits it all in one transaction, so the schema appears
+/// complete or not at all. The live tables and the checkpoint are not touched.
+///
+/// An existing schema is an error unless `replace` is set, which drops it first. A position
+/// past the head of the log stops at the head (the report says where).
+pub async fn replay(
+    store: &EventStore,
+    projection: &dyn Projection,
+    schema: &str,
+    until: ReplayUntil,
+    replace: bool,
+    batch_size: u32,
+    mut progress: impl FnMut(Progress),
+) -> Result<ReplayReport> {
+    check_page_size(batch_size)?;
+    if schema.is_empty() || schema.starts_with("pg_") || schema == "eventstore" {
+        return Err(Error::InvalidArgument(format!(
+            "cannot replay into schema {schema:?}"
+        )));
+    }
+    if schema == projection.schema() {
+        return Err(Error::InvalidArgument(format!(
+            "schema {schema:?} holds the live tables of projection {}; replay into another one",
+            projection.name()
+        )));
+    }
+    let mut connection = runner_connection(store, &format!("{} replay", projection.name())).await?;
+    let head = head(&mut connection).await?;
+    let through = match until {
+        ReplayUntil::Position(position) => position.min(head),
+        ReplayUntil::Time(time) => {
+            let position: i64 = sqlx::query_scalar(
+                "SELECT coalesce(max(position), 0) FROM eventstore.events \
+                 WHERE recorded_at <= $1 AND position <= $2",
+            )
+            .bind(time)
+            .bind(to_i64(head))
+            .fetch_one(&mut connection)
+            .await?;
+            to_u64(position)
+        }
+    };
+    let types = projection.event_types();
+    let total = count_events(&mut connection, &types, 0, through).await?;
+    let target = quote_ident(schema);
+    let mut tx = connection.begin().await?;
+    if replace {
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {target} CASCADE"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let Err(error) = sqlx::query(&format!("CREATE SCHEMA {target}"))
+        .execute(&mut *tx)
+        .await
+    {
+        if error
+            .as_database_error()
+            .and_then(|db| db.code())
+            .as_deref()
+            == Some("42P06")
+        {
+            return Err(Error::InvalidArgument(format!(
+                "schema {schema:?} exists; drop it or replay with replace"
+            )));
+        }
+        return Err(error.into());
+    }
+    for table in projection.tables() {
+        sqlx::query(&format!(
+            "CREATE TABLE {target}.{table} (LIKE {live}.{table} INCLUDING ALL)",
+            table = quote_ident(&table),
+            live = quote_ident(projection.schema()),
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
+    let mut after = 0;
+    let mut done = 0;
+    progress(Progress {
+        done,
+        total,
+        position: 0,
+    });
+    while after < through {
+        let (mut events, _) =
+            read_all_with_head(&mut *tx, after, batch_size, Some(&types), None).await?;
+        let full = events.len() == batch_size as usize;
+        events.retain(|event| event.position <= through);
+        if let Some(last) = events.last() {
+            after = last.position;
+        }
+        if !events.is_empty() {
+            apply_or_locate(&mut tx, projection, schema, &events).await?;
+            done += events.len() as u64;
+        }
+        if !full || events.len() < batch_size as usize {
+            after = through;
+        }
+        progress(Progress {
+            done,
+            total,
+            position: after,
+        });
+    }
+    sqlx::query(&format!(
+        "COMMENT ON SCHEMA {target} IS {}",
+        quote_literal(&format!(
+            "replay of projection {} through global position {through} ({done} events)",
+            projection.name()
+        ))
+    ))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let _ = connection.close().await;
+    Ok(ReplayReport {
+        schema: schema.to_owned(),
+        position: through,
+        events: done,
+    })
+}
+
+/// Applies a batch under a savepoint; when it fails, finds the event that fails.
+async fn apply_or_locate(
+    tx: &mut PgConnection,
+    projection: &dyn Projection,
+    schema: &str,
+    events: &[RecordedEvent],
+) -> Result<()> {
+    let error = {
+        let mut savepoint = tx.begin().await?;
+        match projection.apply(&mut savepoint, schema, events).await {
+            Ok(()) => {
+                savepoint.commit().await?;
+                return Ok(());
+            }
+            Err(error) => {
+                savepoint.rollback().await?;
+                error
+            }
+        }
+    };
+    for event in events {
+        let mut savepoint = tx.begin().await?;
+        if let Err(error) = projection
+            .apply(&mut savepoint, schema, std::slice::from_ref(event))
+            .await
+        {
+            savepoint.rollback().await?;
+            return Err(Error::Projection(Box::new(ProjectionFailure {
+                projection: projection.name().to_owned(),
+                position: event.position,
+                stream: event.stream.clone(),
+                version: event.version,
+                event_type: event.event_type.clone(),
+                event_id: event.id,
+                message: error.to_string(),
+            })));
+        }
+        savepoint.commit().await?;
+    }
+    Err(Error::Database(sqlx::Error::Protocol(format!(
+        "a batch of projection {} failed ({error}) but each of its events applies alone",
+        projection.name()
+    ))))
+}
+
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or_default()
+}
+
+async fn head(connection: &mut PgConnection) -> Result<u64> {
+    let head: i64 = sqlx::query_scalar("SELECT eventstore.head_position()")
+        .fetch_one(connection)
+        .await?;
+    Ok(to_u64(head))
+}
+
+/// Events of `types` in `(after, through]`.
+async fn count_events(
+    connection: &mut PgConnection,
+    types: &[String],
+    after: u64,
+    through: u64,
+) -> Result<u64> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM eventstore.events \
+         WHERE type = ANY($1) AND position > $2 AND position <= $3",
+    )
+    .bind(types)
+    .bind(to_i64(after))
+    .bind(to_i64(through))
+    .fetch_one(connection)
+    .await?;
+    Ok(to_u64(count))
+}
+
+fn failure_of(name: &str, row: &sqlx::postgres::PgRow) -> Result<Option<ProjectionFailure>> {
+    let position: Option<i64> = row.try_get("failed_position")?;
+    let Some(position) = position else {
+        return Ok(None);
+    };
+    let version: Option<i64> = row.try_get("failed_version")?;
+    Ok(Some(ProjectionFailure {
+        projection: name.to_owned(),
+        position: to_u64(position),
+        stream: row
+            .try_get::<Option<String>, _>("failed_stream")?
+            .unwrap_or_default(),
+        version: version.map_or(0, to_u64),
+        event_type: row
+            .try_get::<Option<String>, _>("failed_type")?
+            .unwrap_or_default(),
+        event_id: row
+            .try_get::<Option<uuid::Uuid>, _>("failed_event_id")?
+            .unwrap_or_default(),
+        message: row
+            .try_get::<Option<String>, _>("error")?
+            .unwrap_or_default(),
+    }))
+}
+
+/// The state of the store and its projections, as `eventstore stats` prints it.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// Streams with at least one event.
+    pub streams: u64,
+    /// Events stored.
+    pub events: u64,
+    /// The newest position `read_all` hands out now.
+    pub head_position: u64,
+    /// Committed or in-flight events not readable yet because an older transaction is still
+    /// running (see [`Stats::oldest_transaction`]).
+    pub held_back_events: u64,
+    /// The oldest transaction of the cluster that holds a transaction id: while it runs,
+    /// no event appended after it began can be read.
+    pub oldest_transaction: Option<InFlightTransaction>,
+    /// One entry per checkpoint row.
+    pub projections: Vec<ProjectionStats>,
+}
+
+/// A running transaction.
+#[derive(Clone, Debug)]
+pub struct InFlightTransaction {
+    /// Its backend's process id (`pg_terminate_backend` takes it).
+    pub pid: i32,
+    /// Its database.
+    pub database: Option<String>,
+    /// Its session's `application_name`.
+    pub application_name: Option<String>,
+    /// `active`, `idle in transaction`, ...
+    pub state: Option<String>,
+    /// When the transaction began.
+    pub started_at: Option<DateTime<Utc>>,
+    /// How long it has been running.
+    pub age: Duration,
+    /// Its current or last statement (first 200 characters).
+    pub query: Option<String>,
+}
+
+/// One projection's checkpoint and health.
+#[derive(Clone, Debug)]
+pub struct ProjectionStats {
+    /// Its name.
+    pub name: String,
+    /// Its checkpoint: every event through this position is applied.
+    pub position: u64,
+    /// Events applied since it last started from zero.
+    pub events_applied: u64,
+    /// Events after the checkpoint it has still to apply (of its types, when the projection
+    /// was passed to [`stats`]; of any type otherwise).
+    pub events_behind: u64,
+    /// How long ago the oldest of those was recorded (zero when there is none).
+    pub lag: Duration,
+    /// The daemon running it, if any says so.
+    pub owner: Option<String>,
+    /// When its checkpoint last moved.
+    pub updated_at: DateTime<Utc>,
+    /// The event it is stopped at, if any.
+    pub failure: Option<ProjectionFailure>,
+    /// How many times in a row that event failed.
+    pub failures: i32,
+}
+
+/// Reads the [`Stats`]. `projections` supplies the event types of known projections, so
+/// their backlog counts only events they apply.
+pub async fn stats(store: &EventStore, projections: &[&dyn Projection]) -> Result<Stats> {
+    let mut connection = store.pool().acquire().await?;
+    let row = sqlx::query(
+        "SELECT (SELECT count(*) FROM eventstore.events WHERE version = 0) AS streams, \
+                (SELECT count(*) FROM eventstore.events) AS events, \
+                eventstore.head_position() AS head, \
+                (SELECT count(*) FROM eventstore.events \
+                 WHERE position >= eventstore._visible_below()) AS held_back",
+    )
+    .fetch_one(&mut *connection)
+    .await?;
+    let oldest = sqlx::query(
+        "SELECT pid, datname, application_name, state, xact_start, \
+                extract(epoch FROM clock_timestamp() - xact_start)::float8 AS age, \
+                left(query, 200) AS query \
+         FROM pg_stat_activity \
+         WHERE backend_xid IS NOT NULL \
+         ORDER BY age(backend_xid) DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *connection)
+    .await?
+    .map(|row| -> Result<InFlightTransaction> {
+        let age: Option<f64> = row.try_get("age")?;
+        Ok(InFlightTransaction {
+            pid: row.try_get("pid")?,
+            database: row.try_get("datname")?,
+            application_name: row.try_get("application_name")?,
+            state: row.try_get("state")?,
+            started_at: row.try_get("xact_start")?,
+            age: Duration::from_secs_f64(age.unwrap_or_default().max(0.0)),
+            query: row.try_get("query")?,
+        })
+    })
+    .transpose()?;
+    let checkpoints = sqlx::query(
+        "SELECT name, position, events_applied, owner, updated_at, failures, failed_position, \
+                failed_stream, failed_version, failed_type, failed_event_id, error \
+         FROM projections.checkpoints ORDER BY name",
+    )
+    .fetch_all(&mut *connection)
+    .await?;
+    let mut projection_stats = Vec::with_capacity(checkpoints.len());
+    for row in &checkpoints {
+        let name: String = row.try_get("name")?;
+        let position = to_u64(row.try_get("position")?);
+        let types = projections
+            .iter()
+            .find(|p| p.name() == name)
+            .map(|p| p.event_types());
+        let behind = sqlx::query(
+            "SELECT count(*) AS behind, \
+                    extract(epoch FROM clock_timestamp() - min(recorded_at))::float8 AS lag \
+             FROM eventstore.events \
+             WHERE position > $1 AND position < eventstore._visible_below() \
+               AND ($2::text[] IS NULL OR type = ANY($2))",
+        )
+        .bind(to_i64(position))
+        .bind(types)
+        .fetch_one(&mut *connection)
+        .await?;
+        let lag: Option<f64> = behind.try_get("lag")?;
+        projection_stats.push(ProjectionStats {
+            failure: failure_of(&name, row)?,
+            position,
+            events_applied: to_u64(row.try_get("events_applied")?),
+            events_behind: to_u64(behind.try_get("behind")?),
+            lag: Duration::from_secs_f64(lag.unwrap_or_default().max(0.0)),
+            owner: row.try_get("owner")?,
+            updated_at: row.try_get("updated_at")?,
+            failures: row.try_get("failures")?,
+            name,
+        });
+    }
+    Ok(Stats {
+        streams: to_u64(row.try_get("streams")?),
+        events: to_u64(row.try_get("events")?),
+        head_position: to_u64(row.try_get("head")?),
+        held_back_events: to_u64(row.try_get("held_back")?),
+        oldest_transaction: oldest,
+        projections: projection_stats,
+    })
+}

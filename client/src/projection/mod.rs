@@ -1,0 +1,129 @@
+//! Projections: read-model tables kept current from the event log, exactly once.
+//!
+//! A [`Projection`] names itself, lists the event types it wants (the global log is filtered
+//! on them in SQL) and applies a batch of events inside a transaction. The transaction also
+//! moves the projection's checkpoint (`projections.checkpoints`), so each event's effect
+//! lands exactly once whatever instant the process dies at.
+//!
+//! [`Daemon`] runs projections: each catches up in batches, then follows the log through
+//! `LISTEN eventstore` wake-ups. Several daemons may run at once; a session advisory lock per
+//! projection makes one of them its runner, and when that one dies, its lock goes with its
+//! connection and another daemon takes over. [`rebuild`] empties a projection's tables and
+//! replays the log from zero; [`replay`] builds the tables as they were at a position or a
+//! time into a separate schema, leaving the live ones alone. [`stats`] reports positions,
+//! lag, failures and the oldest transaction that holds events back.
+
+mod admin;
+mod runner;
+mod shop;
+
+use futures_util::future::BoxFuture;
+use sqlx::PgConnection;
+
+use crate::error::sqlx_is_transient;
+use crate::{Error, RecordedEvent, Result};
+
+pub use admin::{
+    rebuild, replay, stats, InFlightTransaction, Progress, ProjectionStats, ReplayReport,
+    ReplayUntil, Stats,
+};
+pub use runner::{Daemon, DaemonOptions};
+pub use shop::{ShopProjection, SHOP_EVENT_TYPES};
+
+/// Why applying a batch failed: whatever the projection's code returns.
+pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A read model built from events.
+///
+/// Implementations must be deterministic: the tables after applying a sequence of events
+/// depend on those events only (use [`RecordedEvent::recorded_at`], never the clock), so a
+/// rebuild or a replay reproduces them.
+pub trait Projection: Send + Sync + 'static {
+    /// Stable name, the key of the checkpoint. Renaming it starts the projection from zero.
+    fn name(&self) -> &str;
+
+    /// The event types applied; the others are filtered out by the server.
+    fn event_types(&self) -> Vec<String>;
+
+    /// The schema of the live tables.
+    fn schema(&self) -> &str;
+
+    /// The tables in [`Projection::schema`] this projection owns: a rebuild empties them, a
+    /// replay creates empty copies of them in its own schema.
+    fn tables(&self) -> Vec<String>;
+
+    /// Applies `events` (in global order, a batch of one or more) to the tables in `schema`
+    /// (the live schema, or a replay's) within the transaction `tx`. An error rolls the
+    /// batch back; the runner then applies the events one at a time to find the one that
+    /// fails, and stops there.
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, std::result::Result<(), ApplyError>>;
+}
+
+/// The event a projection is stopped at, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectionFailure {
+    /// The projection.
+    pub projection: String,
+    /// The event's global position.
+    pub position: u64,
+    /// Its stream.
+    pub stream: String,
+    /// Its version in the stream.
+    pub version: u64,
+    /// Its type.
+    pub event_type: String,
+    /// Its id.
+    pub event_id: uuid::Uuid,
+    /// What applying it reported.
+    pub message: String,
+}
+
+impl std::fmt::Display for ProjectionFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "projection {} stopped at position {} ({} {}@{}, id {}): {}",
+            self.projection,
+            self.position,
+            self.event_type,
+            self.stream,
+            self.version,
+            self.event_id,
+            self.message
+        )
+    }
+}
+
+/// `"name"` as an SQL identifier, quoted.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A transient database error inside an [`ApplyError`] (a lost connection, a conflict):
+/// the batch is retried, not blamed on an event.
+pub(crate) fn transient(error: &ApplyError) -> bool {
+    if let Some(error) = error.downcast_ref::<Error>() {
+        return error.is_transient();
+    }
+    if let Some(error) = error.downcast_ref::<sqlx::Error>() {
+        return sqlx_is_transient(error);
+    }
+    false
+}
+
+/// Creates the checkpoint row of `name` if it is missing.
+pub(crate) async fn ensure_checkpoint(connection: &mut PgConnection, name: &str) -> Result<()> {
+    sqlx::query("INSERT INTO projections.checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(name)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// The advisory lock key that makes one session the runner of projection `name`.
+pub(crate) const LOCK_KEY_SQL: &str = "hashtextextended('pg_eventstore projection ' || $1, 0)";
