@@ -50,10 +50,16 @@ async fn migrate_creates_the_extension_once_even_when_called_concurrently() {
     assert_eq!(applied[0], vec![]);
     assert_eq!(
         applied[1],
-        vec![AppliedMigration {
-            version: 1,
-            name: "pg_eventstore_extension".to_owned()
-        }]
+        vec![
+            AppliedMigration {
+                version: 1,
+                name: "pg_eventstore_extension".to_owned()
+            },
+            AppliedMigration {
+                version: 2,
+                name: "shop_read_models".to_owned()
+            }
+        ]
     );
     assert_eq!(store.migrate().await.unwrap(), vec![]);
     let result = store

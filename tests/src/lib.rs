@@ -114,6 +114,20 @@ impl TestDb {
         .unwrap()
     }
 
+    /// The URL of this database, for processes the test starts.
+    pub fn url(&self) -> String {
+        let url = std::env::var("DATABASE_URL").expect("DATABASE_URL is set");
+        let (base, query) = match url.split_once('?') {
+            Some((base, query)) => (base, format!("?{query}")),
+            None => (url.as_str(), String::new()),
+        };
+        let (server, _) = base
+            .rsplit_once('/')
+            .filter(|(server, _)| server.contains("//") && !server.ends_with('/'))
+            .unwrap_or((base, ""));
+        format!("{server}/{}{query}", self.name)
+    }
+
     /// A connection outside the pool, for tests that hold transactions open.
     pub async fn connect(&self) -> PgConnection {
         self.admin
@@ -178,4 +192,19 @@ pub async fn read_all_from(pool: &PgPool, mut after: i64, page: i32) -> Vec<LogE
         }
         out.extend(batch);
     }
+}
+
+/// The `eventstore` binary the tests start as a separate process: `EVENTSTORE_BIN`, or the
+/// debug build in this workspace (the README's test command builds it first).
+pub fn eventstore_bin() -> std::path::PathBuf {
+    let path = std::env::var_os("EVENTSTORE_BIN").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/eventstore"),
+        std::path::PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "{} is missing: build it with cargo build -p pg_eventstore_client --bin eventstore",
+        path.display()
+    );
+    path
 }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, Row};
 
 use super::runner::{runner_connection, to_i64, try_lock, Runner, Step};
-use super::{ensure_checkpoint, quote_ident, Projection, ProjectionFailure};
+use super::{ensure_checkpoint, quote_ident, Projection, ProjectionFailure, LOCK_KEY_SQL};
 use crate::read::{check_page_size, read_all_with_head};
 use crate::{Error, EventStore, RecordedEvent, Result};
 
@@ -164,9 +164,11 @@ pub struct ReplayReport {
 }
 
 /// Builds the projection's tables into `schema` as they were at `until`: creates the schema
-/// and empty copies of the tables (`LIKE ... INCLUDING ALL`), applies the log from zero
-/// through that point, and commits it all in one transaction, so the schema appears
-/// complete or not at all. The live tables and the checkpoint are not touched.
+/// and empty copies of the tables (`LIKE ... INCLUDING ALL`), then applies the log from zero
+/// through that point, one transaction per batch (a long transaction would hold back every
+/// reader of the global log in the cluster). The schema's comment says whether the replay is
+/// complete; a replay that fails drops its schema. The live tables and the checkpoint are not
+/// touched.
 ///
 /// An existing schema is an error unless `replace` is set, which drops it first. A position
 /// past the head of the log stops at the head (the report says where).
@@ -241,50 +243,104 @@ pub async fn replay(
         .execute(&mut *tx)
         .await?;
     }
-    let mut after = 0;
-    let mut done = 0;
-    progress(Progress {
-        done,
-        total,
-        position: 0,
-    });
-    while after < through {
-        let (mut events, _) =
-            read_all_with_head(&mut *tx, after, batch_size, Some(&types), None).await?;
-        let full = events.len() == batch_size as usize;
-        events.retain(|event| event.position <= through);
-        if let Some(last) = events.last() {
-            after = last.position;
-        }
-        if !events.is_empty() {
-            apply_or_locate(&mut tx, projection, schema, &events).await?;
-            done += events.len() as u64;
-        }
-        if !full || events.len() < batch_size as usize {
-            after = through;
-        }
-        progress(Progress {
-            done,
-            total,
-            position: after,
-        });
-    }
-    sqlx::query(&format!(
-        "COMMENT ON SCHEMA {target} IS {}",
-        quote_literal(&format!(
-            "replay of projection {} through global position {through} ({done} events)",
+    comment_schema(
+        &mut tx,
+        &target,
+        &format!(
+            "incomplete replay of projection {} through global position {through}",
             projection.name()
-        ))
-    ))
-    .execute(&mut *tx)
+        ),
+    )
     .await?;
     tx.commit().await?;
+    // One transaction per batch: a transaction that holds a transaction id holds back every
+    // reader of the global log in the cluster while it runs, so none may last long.
+    let replayed = replay_batches(
+        &mut connection,
+        projection,
+        schema,
+        through,
+        batch_size,
+        |done, position| {
+            progress(Progress {
+                done,
+                total,
+                position,
+            })
+        },
+    )
+    .await;
+    let done = match replayed {
+        Ok(done) => done,
+        Err(error) => {
+            // Leave no half-built schema behind (best effort: the connection may be gone).
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {target} CASCADE"))
+                .execute(&mut connection)
+                .await;
+            return Err(error);
+        }
+    };
+    comment_schema(
+        &mut connection,
+        &target,
+        &format!(
+            "replay of projection {} through global position {through} ({done} events)",
+            projection.name()
+        ),
+    )
+    .await?;
     let _ = connection.close().await;
     Ok(ReplayReport {
         schema: schema.to_owned(),
         position: through,
         events: done,
     })
+}
+
+async fn comment_schema(connection: &mut PgConnection, schema: &str, text: &str) -> Result<()> {
+    sqlx::query(&format!(
+        "COMMENT ON SCHEMA {schema} IS {}",
+        quote_literal(text)
+    ))
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Applies the projection's events through `through` to the tables in `schema`, a batch per
+/// transaction; returns how many.
+async fn replay_batches(
+    connection: &mut PgConnection,
+    projection: &dyn Projection,
+    schema: &str,
+    through: u64,
+    batch_size: u32,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<u64> {
+    let types = projection.event_types();
+    let mut after = 0;
+    let mut done = 0;
+    progress(done, after);
+    while after < through {
+        let (mut events, _) =
+            read_all_with_head(&mut *connection, after, batch_size, Some(&types), None).await?;
+        let full = events.len() == batch_size as usize;
+        events.retain(|event| event.position <= through);
+        if let Some(last) = events.last() {
+            after = last.position;
+        }
+        if !events.is_empty() {
+            let mut tx = connection.begin().await?;
+            apply_or_locate(&mut tx, projection, schema, &events).await?;
+            tx.commit().await?;
+            done += events.len() as u64;
+        }
+        if !full || events.len() < batch_size as usize {
+            after = through;
+        }
+        progress(done, after);
+    }
+    Ok(done)
 }
 
 /// Applies a batch under a savepoint; when it fails, finds the event that fails.
@@ -443,7 +499,7 @@ pub struct ProjectionStats {
     pub events_behind: u64,
     /// How long ago the oldest of those was recorded (zero when there is none).
     pub lag: Duration,
-    /// The daemon running it, if any says so.
+    /// The daemon running it now (`None` when no session holds its lock).
     pub owner: Option<String>,
     /// When its checkpoint last moved.
     pub updated_at: DateTime<Utc>,
@@ -489,11 +545,19 @@ pub async fn stats(store: &EventStore, projections: &[&dyn Projection]) -> Resul
         })
     })
     .transpose()?;
-    let checkpoints = sqlx::query(
-        "SELECT name, position, events_applied, owner, updated_at, failures, failed_position, \
-                failed_stream, failed_version, failed_type, failed_event_id, error \
-         FROM projections.checkpoints ORDER BY name",
-    )
+    let checkpoints = sqlx::query(&format!(
+        "SELECT name, position, events_applied, updated_at, failures, failed_position, \
+                    failed_stream, failed_version, failed_type, failed_event_id, error, \
+                    CASE WHEN EXISTS ( \
+                        SELECT FROM pg_locks AS l \
+                        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+                          AND l.database = (SELECT oid FROM pg_database \
+                                            WHERE datname = current_database()) \
+                          AND (l.classid::int8 << 32 | l.objid::int8) = {key}) \
+                    THEN owner END AS owner \
+             FROM projections.checkpoints ORDER BY name",
+        key = LOCK_KEY_SQL.replace("$1", "name")
+    ))
     .fetch_all(&mut *connection)
     .await?;
     let mut projection_stats = Vec::with_capacity(checkpoints.len());

@@ -300,17 +300,23 @@ async fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        Some(()) = async { terminate.as_mut()?.recv().await } => tracing::info!("SIGTERM received"),
+/// Completes on SIGINT or SIGTERM. The handlers are installed when this is called, not when
+/// the future is first polled, so a signal that arrives meanwhile is not lost.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).ok();
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    async move {
+        tokio::select! {
+            Some(()) = async { interrupt.as_mut()?.recv().await } => tracing::info!("SIGINT received"),
+            Some(()) = async { terminate.as_mut()?.recv().await } => tracing::info!("SIGTERM received"),
+            else => std::future::pending::<()>().await,
+        }
     }
 }
 
 async fn daemon(store: EventStore, args: RunArgs) -> Result<(), Error> {
+    let shutdown = shutdown_signal();
     if args.migrate {
         for migration in store.migrate().await? {
             tracing::info!(version = migration.version, name = %migration.name, "applied migration");
@@ -337,7 +343,7 @@ async fn daemon(store: EventStore, args: RunArgs) -> Result<(), Error> {
         daemon = daemon.with_shared(projection);
     }
     tracing::info!("projection daemon started; SIGINT or SIGTERM stops it");
-    daemon.run(shutdown_signal()).await
+    daemon.run(shutdown).await
 }
 
 fn parse_expected(text: &str) -> Result<ExpectedVersion, Error> {
