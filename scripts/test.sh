@@ -4,7 +4,8 @@
 #   2. the client crate's unit and doc tests, and the integration tests in tests/ against a
 #      private cluster that preloads the extension;
 #   3. the client example (the seed's minimal event store interface);
-#   4. the psql walkthroughs in sql/, run as written.
+#   4. the psql walkthroughs in sql/, run as written;
+#   5. the eventstore command end to end: migrate, generate, run, stats, rebuild, replay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -34,6 +35,9 @@ export DATABASE_URL EVENTSTORE_TEST_PGDATA
 DATABASE_URL=$(scripts/cluster.sh url "$cluster")
 # tests/server_restart.rs restarts this cluster.
 EVENTSTORE_TEST_PGDATA="$root/$cluster/data"
+# tests/projections.rs starts the eventstore binary as a separate process (and kills it).
+cargo build -p pg_eventstore_client --bin eventstore
+export EVENTSTORE_BIN="$root/target/debug/eventstore"
 cargo test -p pg_eventstore_client -p pg_eventstore_tests 2>&1 | tee -a "$log"
 
 echo "== the client example: the seed's minimal event store interface"
@@ -62,7 +66,13 @@ for script in sql/*.sql; do
     exit 1
   fi
 done
+echo "== the eventstore command end to end"
+db=command_line
+psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "CREATE DATABASE $db" >/dev/null
+DATABASE_URL=$(scripts/cluster.sh url "$cluster" "$db") scripts/command-line-check.sh "$EVENTSTORE_BIN"
+commands=1
+
 passed=$(sed -n 's/^test result: [a-z]*\. \([0-9]*\) passed.*/\1/p' "$log" | awk '{s += $1} END {print s + 0}')
 failed=$(sed -n 's/^test result: .* \([0-9]*\) failed.*/\1/p' "$log" | awk '{s += $1} END {print s + 0}')
 echo "all test stages passed"
-echo "Summary: $((passed + walkthroughs + examples)) passed, $failed failed"
+echo "Summary: $((passed + walkthroughs + examples + commands)) passed, $failed failed"

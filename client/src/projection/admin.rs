@@ -140,6 +140,10 @@ async fn reset(connection: &mut PgConnection, projection: &dyn Projection) -> Re
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    // Wake a daemon that runs the projection, so it notices the reset now.
+    sqlx::query("SELECT pg_notify('eventstore', '')")
+        .execute(connection)
+        .await?;
     Ok(())
 }
 

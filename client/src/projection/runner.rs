@@ -407,6 +407,14 @@ impl<'a> Runner<'a> {
         }
         let full = full && until.is_none_or(|until| through < until);
         if events.is_empty() {
+            // Idle: nothing applied would notice a rebuild that reset the checkpoint.
+            let position = load_position(self.connection, self.projection.name()).await?;
+            if position != self.stored {
+                tracing::info!(projection = %self.projection.name(), from = self.stored, to = position, "checkpoint moved by another session (a rebuild); continuing from there");
+                self.stored = position;
+                self.cursor = position;
+                return Ok(Step::Moved);
+            }
             self.cursor = self.cursor.max(through);
             if self.cursor > self.stored
                 && (until.is_some() || self.last_write.elapsed() >= CHECKPOINT_EVERY)

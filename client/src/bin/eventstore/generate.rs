@@ -174,7 +174,7 @@ pub async fn run(store: &EventStore, args: GenerateArgs) -> Result<(), Error> {
                         if index % writers != writer {
                             continue;
                         }
-                        let stream = format!("order-{prefix}{index}");
+                        let stream = format!("order-{prefix}{index:05}");
                         if phase == 1 {
                             store
                                 .append(&stream, ExpectedVersion::NoStream, [placed])
