@@ -7,12 +7,14 @@
 //! Then the client's figures (`client_bench.rs`): `read_all` catch-up against a plain indexed
 //! `SELECT`, and subscription latency under 8 writers.
 //!
-//! Usage: `eventstore-bench [--seconds N] [--rounds N] [--only append|catchup|subscriptions]
+//! Usage: `eventstore-bench [--seconds N] [--rounds N] [--only append|catchup|subscriptions|projection]
+//! [--projection-events N]
 //! [--catchup-sizes 100000,1000000]` with `DATABASE_URL` naming a database in which the bench
 //! may create the extension and a `bench` schema. `scripts/bench.sh` starts a private cluster
 //! and runs it.
 
 mod client_bench;
+mod projection_bench;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -183,7 +185,7 @@ async fn main() {
     let options = PgConnectOptions::from_str(&url).expect("a valid DATABASE_URL");
     let pool = PgPoolOptions::new()
         .max_connections(16)
-        .connect_with(options)
+        .connect_with(options.clone())
         .await
         .expect("connect");
     prepare(&pool).await;
@@ -208,6 +210,10 @@ async fn main() {
     }
     if only.is_empty() || only == "catchup" {
         all_met &= client_bench::catch_up(&store, &sizes, rounds).await;
+    }
+    if only.is_empty() || only == "projection" {
+        let events = arg("--projection-events", 1_000_000);
+        all_met &= projection_bench::run(&pool, &options, events, seconds).await;
     }
     println!(
         "{}",
