@@ -50,7 +50,7 @@ pub async fn fill(store: &EventStore, total: u64) {
 }
 
 /// Events/s of reading the first `size` events of the log through `EventStore::read_all`.
-async fn client_catch_up(store: &EventStore, size: u64) -> (u64, f64) {
+pub(crate) async fn client_catch_up(store: &EventStore, size: u64) -> (u64, f64) {
     let started = Instant::now();
     let count = store
         .read_all(ReadAllOptions::default().page_size(PAGE).limit(size))

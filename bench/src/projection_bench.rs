@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::TryStreamExt;
 use pg_eventstore_client::projection::{self, Daemon, DaemonOptions, ShopProjection};
-use pg_eventstore_client::{EventData, EventStore, ExpectedVersion, ReadAllOptions};
+use pg_eventstore_client::{EventData, EventStore, ExpectedVersion};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
@@ -100,20 +99,6 @@ async fn fill(pool: &PgPool, total: u64) -> u64 {
     u64::try_from(events).unwrap_or_default()
 }
 
-/// Events/s of reading every event through the client, as the projection does.
-async fn read_rate(store: &EventStore) -> f64 {
-    let started = Instant::now();
-    let count = store
-        .read_all(ReadAllOptions::default().page_size(5_000))
-        .try_fold(0_u64, |n, event| async move {
-            std::hint::black_box(&event);
-            Ok(n + 1)
-        })
-        .await
-        .expect("read_all");
-    count as f64 / started.elapsed().as_secs_f64()
-}
-
 pub async fn run(admin: &PgPool, options: &PgConnectOptions, total: u64, seconds: u64) -> bool {
     println!();
     println!("projection daemon: shop.users + shop.orders");
@@ -121,7 +106,8 @@ pub async fn run(admin: &PgPool, options: &PgConnectOptions, total: u64, seconds
     let events = fill(store.pool(), total).await;
 
     // Catch-up: the rebuild applies the whole log in batches, as a daemon does.
-    let read = read_rate(&store).await;
+    // Reading every event through the client, as the projection does: the baseline.
+    let (_, read) = crate::client_bench::client_catch_up(&store, u64::MAX).await;
     let started = Instant::now();
     let applied = projection::rebuild(&store, &ShopProjection, 5_000, |_| {})
         .await

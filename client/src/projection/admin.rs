@@ -374,15 +374,9 @@ async fn apply_or_locate(
             .await
         {
             savepoint.rollback().await?;
-            return Err(Error::Projection(Box::new(ProjectionFailure {
-                projection: projection.name().to_owned(),
-                position: event.position,
-                stream: event.stream.clone(),
-                version: event.version,
-                event_type: event.event_type.clone(),
-                event_id: event.id,
-                message: error.to_string(),
-            })));
+            return Err(Error::Projection(ProjectionFailure::at(
+                projection, event, &error,
+            )));
         }
         savepoint.commit().await?;
     }

@@ -83,6 +83,25 @@ pub struct ProjectionFailure {
     pub message: String,
 }
 
+impl ProjectionFailure {
+    /// `projection` failed to apply `event` with `error`.
+    pub(crate) fn at(
+        projection: &dyn Projection,
+        event: &RecordedEvent,
+        error: &ApplyError,
+    ) -> Box<ProjectionFailure> {
+        Box::new(ProjectionFailure {
+            projection: projection.name().to_owned(),
+            position: event.position,
+            stream: event.stream.clone(),
+            version: event.version,
+            event_type: event.event_type.clone(),
+            event_id: event.id,
+            message: error.to_string(),
+        })
+    }
+}
+
 impl std::fmt::Display for ProjectionFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

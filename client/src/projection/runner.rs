@@ -410,10 +410,7 @@ impl<'a> Runner<'a> {
             // Idle: nothing applied would notice a rebuild that reset the checkpoint.
             let position = load_position(self.connection, self.projection.name()).await?;
             if position != self.stored {
-                tracing::info!(projection = %self.projection.name(), from = self.stored, to = position, "checkpoint moved by another session (a rebuild); continuing from there");
-                self.stored = position;
-                self.cursor = position;
-                return Ok(Step::Moved);
+                return Ok(self.moved_to(position));
             }
             self.cursor = self.cursor.max(through);
             if self.cursor > self.stored
@@ -439,12 +436,7 @@ impl<'a> Runner<'a> {
                 self.last_write = Instant::now();
                 Ok(Step::Applied { full, count })
             }
-            Applied::Moved(position) => {
-                tracing::info!(projection = %self.projection.name(), from = self.stored, to = position, "checkpoint moved by another session (a rebuild); continuing from there");
-                self.stored = position;
-                self.cursor = position;
-                Ok(Step::Moved)
-            }
+            Applied::Moved(position) => Ok(self.moved_to(position)),
             Applied::Failed(failure) => {
                 // The events before the failing one were applied, one transaction each.
                 self.stored = load_position(self.connection, self.projection.name()).await?;
@@ -454,6 +446,14 @@ impl<'a> Runner<'a> {
             }
             Applied::Retry(error) => Ok(Step::Retry(error)),
         }
+    }
+
+    /// Continues from `position`, where another session (a rebuild) moved the checkpoint.
+    fn moved_to(&mut self, position: u64) -> Step {
+        tracing::info!(projection = %self.projection.name(), from = self.stored, to = position, "checkpoint moved by another session (a rebuild); continuing from there");
+        self.stored = position;
+        self.cursor = position;
+        Step::Moved
     }
 
     /// Writes the cursor back as the checkpoint if it moved past it over skipped events.
@@ -554,7 +554,9 @@ async fn apply_batch(
         Err(error) => error,
     };
     if let [event] = events {
-        return Ok(Applied::Failed(failure(projection, event, &error)));
+        return Ok(Applied::Failed(ProjectionFailure::at(
+            projection, event, &error,
+        )));
     }
     tracing::warn!(projection = %projection.name(), %error, events = events.len(), "a batch failed; applying its events one at a time to find the one that fails");
     let mut stored = stored;
@@ -571,7 +573,11 @@ async fn apply_batch(
             Ok(Applied::Done) => stored = event.position,
             Ok(other) => return Ok(other),
             Err(error) if transient(&error) => return Ok(Applied::Retry(error)),
-            Err(error) => return Ok(Applied::Failed(failure(projection, event, &error))),
+            Err(error) => {
+                return Ok(Applied::Failed(ProjectionFailure::at(
+                    projection, event, &error,
+                )))
+            }
         }
     }
     // Each event applied on its own: the batch failed for a reason of its own (say, a
@@ -582,22 +588,6 @@ async fn apply_batch(
             Err(error) => Applied::Retry(error),
         },
     )
-}
-
-fn failure(
-    projection: &dyn Projection,
-    event: &RecordedEvent,
-    error: &ApplyError,
-) -> Box<ProjectionFailure> {
-    Box::new(ProjectionFailure {
-        projection: projection.name().to_owned(),
-        position: event.position,
-        stream: event.stream.clone(),
-        version: event.version,
-        event_type: event.event_type.clone(),
-        event_id: event.id,
-        message: error.to_string(),
-    })
 }
 
 /// One transaction: the projection's writes, then the checkpoint from `stored` to
