@@ -343,6 +343,7 @@ async fn appends_and_reads_run_inside_the_callers_transaction() {
     tx.rollback().await.unwrap();
     assert_eq!(store.stream_version("order-2").await.unwrap(), None);
 
+    db.settled().await;
     let mut conn = db.pool.acquire().await.unwrap();
     let all: Vec<u64> = EventStore::read_all_in(&mut conn, ReadAllOptions::default())
         .map_ok(|e| e.version)
@@ -369,6 +370,7 @@ async fn the_global_log_and_categories_page_and_filter() {
             .await
             .unwrap();
     }
+    db.settled().await;
     let all: Vec<RecordedEvent> = store
         .read_all(ReadAllOptions::default().page_size(7))
         .try_collect()

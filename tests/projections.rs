@@ -3,7 +3,7 @@
 //! failing events, and the shop's business rules.
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use pg_eventstore_client::projection::{
@@ -11,7 +11,7 @@ use pg_eventstore_client::projection::{
     SHOP_EVENT_TYPES,
 };
 use pg_eventstore_client::{EventData, EventStore, ExpectedVersion, RecordedEvent};
-use pg_eventstore_tests::{eventstore_bin, TestDb};
+use pg_eventstore_tests::{eventstore_bin, eventually, settled, TestDb};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -103,40 +103,6 @@ async fn shop_events_through(pool: &PgPool, position: i64) -> i64 {
     .fetch_one(pool)
     .await
     .unwrap()
-}
-
-/// Waits until `what` holds, or fails the test after `limit`.
-async fn eventually<F, Fut>(limit: Duration, description: &str, mut what: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !what().await {
-        assert!(
-            started.elapsed() < limit,
-            "timed out waiting until {description}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until every committed event is readable: a transaction elsewhere in the cluster
-/// (other tests run beside this one) holds back the global log while it runs.
-async fn settled(pool: &PgPool) {
-    eventually(
-        Duration::from_secs(60),
-        "every committed event is readable",
-        || async {
-            sqlx::query_scalar::<_, bool>(
-            "SELECT eventstore.head_position() = coalesce(max(position), 0) FROM eventstore.events",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap()
-        },
-    )
-    .await;
 }
 
 async fn caught_up(pool: &PgPool) {

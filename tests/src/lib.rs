@@ -138,6 +138,11 @@ impl TestDb {
             .unwrap()
     }
 
+    /// Waits until every committed event is readable from the global log; see [`settled`].
+    pub async fn settled(&self) {
+        settled(&self.pool).await;
+    }
+
     /// Closes the pool and drops the database.
     pub async fn drop_database(self) {
         self.pool.close().await;
@@ -150,6 +155,42 @@ impl TestDb {
         .await
         .unwrap();
     }
+}
+
+/// Waits until `what` holds, or fails the test after `limit`.
+pub async fn eventually<F, Fut>(limit: std::time::Duration, description: &str, mut what: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !what().await {
+        assert!(
+            started.elapsed() < limit,
+            "timed out waiting until {description}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until every committed event in `pool`'s database is readable from the global log.
+/// Transaction ids are cluster-wide, so a transaction open in another test's database holds
+/// back this one's log while it runs; a test that expects to read all it appended waits here.
+pub async fn settled(pool: &PgPool) {
+    eventually(
+        std::time::Duration::from_secs(60),
+        "every committed event is readable",
+        || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT eventstore.head_position() = coalesce(max(position), 0) \
+                 FROM eventstore.events",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
 }
 
 /// The SQLSTATE of a failed query, or `None` for success and non-database errors.
