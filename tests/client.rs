@@ -58,6 +58,10 @@ async fn migrate_creates_the_extension_once_even_when_called_concurrently() {
             AppliedMigration {
                 version: 2,
                 name: "shop_read_models".to_owned()
+            },
+            AppliedMigration {
+                version: 3,
+                name: "pg_eventstore_0_2_0".to_owned()
             }
         ]
     );

@@ -2,7 +2,8 @@
 //!
 //! `CREATE EXTENSION pg_eventstore` creates schema `eventstore` with the event log, the append
 //! function (Rust, `append.rs`), the read functions (SQL the planner inlines, `sql/reads.sql`)
-//! and the argument checks they share (this file). The README documents the SQL API.
+//! and the argument checks they share (this file), and persistent subscription groups (SQL,
+//! `sql/pg_eventstore--0.1.0--0.2.0.sql`). The README documents the SQL API.
 
 use pgrx::prelude::*;
 
@@ -50,6 +51,12 @@ extension_sql_file!(
         _check_from_version,
         _check_consumer_group
     ]
+);
+// Subscription groups: the upgrade script from 0.1.0 is also this part of the install script.
+extension_sql_file!(
+    "../sql/pg_eventstore--0.1.0--0.2.0.sql",
+    name = "groups",
+    requires = ["schema", "reads", _check_count, _check_category]
 );
 extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 
