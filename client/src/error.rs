@@ -71,6 +71,10 @@ pub enum Error {
     /// Applying the migrations failed.
     #[error("migration failed: {0}")]
     Migration(#[source] refinery_core::Error),
+    /// A persistent subscription group of that name exists already (SQLSTATE 23505 from
+    /// `eventstore.create_group`).
+    #[error("subscription group {0:?} already exists")]
+    GroupExists(String),
     /// A projection is stopped at an event it cannot apply.
     #[error("{0}")]
     Projection(Box<crate::projection::ProjectionFailure>),
@@ -96,7 +100,7 @@ impl Error {
             Error::WrongExpectedVersion { .. } => Some("40001".to_owned()),
             Error::TransactionConflict { code, .. } => Some(code.clone()),
             Error::InvalidEvent { .. } => Some("22023".to_owned()),
-            Error::DuplicateEventId { .. } => Some("23505".to_owned()),
+            Error::DuplicateEventId { .. } | Error::GroupExists(_) => Some("23505".to_owned()),
             Error::LimitExceeded { .. } => Some("54000".to_owned()),
             Error::Connection(e) | Error::Database(e) => e
                 .as_database_error()

@@ -88,6 +88,7 @@
 mod error;
 mod event;
 mod expected_version;
+mod group;
 mod migrations;
 pub mod projection;
 mod read;
@@ -97,6 +98,10 @@ mod subscription;
 pub use error::{Error, Result};
 pub use event::{AppendResult, EventData, RecordedEvent, CAUSATION_ID, CORRELATION_ID};
 pub use expected_version::ExpectedVersion;
+pub use group::{
+    ConsumerOptions, ConsumerStats, GroupConsumer, GroupEvent, GroupInfo, GroupSettings,
+    HandlerError, ParkedEvent, StatsHandle,
+};
 pub use migrations::AppliedMigration;
 pub use read::{EventStream, ReadAllOptions, ReadStreamOptions, MAX_PAGE_SIZE};
 pub use store::EventStore;

@@ -40,13 +40,18 @@ async fn ensure_template(admin: &mut PgConnection) {
             .execute(&mut *admin)
             .await
             .unwrap();
-        let mut template = admin_options().database(TEMPLATE).connect().await.unwrap();
-        sqlx::query("CREATE EXTENSION pg_eventstore")
-            .execute(&mut template)
-            .await
-            .unwrap();
-        template.close().await.unwrap();
     }
+    // A template left by an older build is brought to the installed version.
+    let mut template = admin_options().database(TEMPLATE).connect().await.unwrap();
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_eventstore")
+        .execute(&mut template)
+        .await
+        .unwrap();
+    sqlx::query("ALTER EXTENSION pg_eventstore UPDATE")
+        .execute(&mut template)
+        .await
+        .unwrap();
+    template.close().await.unwrap();
     sqlx::query("SELECT pg_advisory_unlock(7340001)")
         .execute(&mut *admin)
         .await

@@ -1,0 +1,587 @@
+//! Persistent subscription groups against a real server: the SQL contract (leases, acks by
+//! the holder only, retries, parking, the view, SQLSTATEs), competing workers of the client
+//! over 100k events with failures and a worker killed mid-batch, and the ordering option.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pg_eventstore_client::{
+    ConsumerOptions, Error, EventStore, GroupEvent, GroupSettings, HandlerError,
+};
+use pg_eventstore_tests::{eventually, sqlstate, TestDb};
+use rand::Rng;
+use sqlx::PgPool;
+
+/// Appends `streams` streams of `per_stream` events each, interleaved in the global log
+/// (round-robin over the streams), numbered `n` 0.. in log order; one transaction per
+/// round so the log holds many transactions.
+async fn append_interleaved(pool: &PgPool, category: &str, streams: i32, per_stream: i32) {
+    for round in 0..per_stream {
+        sqlx::query(
+            "SELECT count(eventstore.append($1 || '-' || s, jsonb_build_array(jsonb_build_object( \
+                 'type', 'item-added', 'data', jsonb_build_object('n', $2 * $3 + s))))) \
+             FROM generate_series(0, $3 - 1) AS s",
+        )
+        .bind(category)
+        .bind(round)
+        .bind(streams)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+}
+
+async fn view(pool: &PgPool, group: &str) -> (i64, i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT position, in_flight, parked, lag FROM eventstore.groups WHERE group_name = $1",
+    )
+    .bind(group)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn fetch(pool: &PgPool, group: &str, consumer: &str, n: i32) -> Vec<(i64, i32)> {
+    sqlx::query_as("SELECT position, attempt FROM eventstore.fetch($1, $2, $3)")
+        .bind(group)
+        .bind(consumer)
+        .bind(n)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+async fn int(pool: &PgPool, sql: &str) -> i32 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_sql_contract_leases_acks_retries_and_parks() {
+    let db = TestDb::new(4).await;
+    let pool = &db.pool;
+    append_interleaved(pool, "order", 3, 4).await; // 12 events
+    sqlx::query(
+        "SELECT eventstore.append('user-1', '[{\"type\": \"user-created\", \"data\": {}}]')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    db.settled().await;
+    sqlx::query(
+        "SELECT eventstore.create_group('g', categories => ARRAY['order'], max_attempts => 2, \
+         lease_timeout => '1 second')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+
+    // Two consumers get disjoint leases, in position order, attempt 1.
+    let a = fetch(pool, "g", "a", 5).await;
+    let b = fetch(pool, "g", "b", 100).await;
+    assert_eq!((a.len(), b.len()), (5, 7), "the user event is filtered out");
+    assert!(a.iter().chain(&b).all(|(_, attempt)| *attempt == 1));
+    assert!(a.last().unwrap().0 < b[0].0);
+    assert_eq!(view(pool, "g").await.1, 12, "all 12 in flight");
+    assert!(fetch(pool, "g", "c", 100).await.is_empty());
+
+    // Only the holder acks; acking twice counts once.
+    let a_positions: Vec<i64> = a.iter().map(|(p, _)| *p).collect();
+    let ack = |consumer: &'static str, positions: Vec<i64>| async move {
+        sqlx::query_scalar::<_, i32>("SELECT eventstore.ack('g', $1, $2)")
+            .bind(consumer)
+            .bind(positions)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(ack("b", a_positions.clone()).await, 0);
+    assert_eq!(ack("a", a_positions[..3].to_vec()).await, 3);
+    assert_eq!(ack("a", a_positions[..3].to_vec()).await, 0);
+    assert_eq!(ack("a", vec![]).await, 0);
+
+    // Nack: retried on the next fetch with attempt 2; nacked again it is out of attempts
+    // and parked with the reason.
+    let nack = |consumer: &'static str, positions: Vec<i64>, reason: &'static str| async move {
+        sqlx::query_scalar::<_, i32>("SELECT eventstore.nack('g', $1, $2, '0', $3)")
+            .bind(consumer)
+            .bind(positions)
+            .bind(reason)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(nack("b", a_positions[3..].to_vec(), "not yours").await, 0);
+    assert_eq!(nack("a", a_positions[3..].to_vec(), "timeout").await, 2);
+    let again = fetch(pool, "g", "c", 100).await;
+    assert_eq!(
+        again,
+        a_positions[3..].iter().map(|p| (*p, 2)).collect::<Vec<_>>()
+    );
+    assert_eq!(nack("c", vec![a_positions[3]], "still down").await, 1);
+    sqlx::query("SELECT eventstore.park('g', 'c', $1, 'bad input')")
+        .bind(vec![a_positions[4]])
+        .execute(pool)
+        .await
+        .unwrap();
+    let parked: Vec<(i64, i32, String)> =
+        sqlx::query_as("SELECT position, attempt, reason FROM eventstore.parked('g')")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        parked,
+        vec![
+            (a_positions[3], 2, "still down".to_owned()),
+            (a_positions[4], 2, "bad input".to_owned())
+        ]
+    );
+    // b's leases run out: they are delivered again (attempt 2) to another consumer, and b
+    // can no longer ack them.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let redelivered = fetch(pool, "g", "d", 100).await;
+    assert_eq!(
+        redelivered,
+        b.iter().map(|(p, _)| (*p, 2)).collect::<Vec<_>>()
+    );
+    let b_positions: Vec<i64> = b.iter().map(|(p, _)| *p).collect();
+    assert_eq!(ack("b", b_positions.clone()).await, 0);
+    // d dies too: out of attempts, the events are parked when the leases run out.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(fetch(pool, "g", "e", 100).await.is_empty());
+    let (position, in_flight, parked_count, lag) = view(pool, "g").await;
+    assert_eq!((in_flight, parked_count, lag), (0, 9, 0));
+    let reason: String =
+        sqlx::query_scalar("SELECT reason FROM eventstore.parked('g') WHERE position = $1")
+            .bind(b_positions[0])
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(reason, "the lease of consumer d ran out on attempt 2");
+    assert!(
+        position >= b_positions[6],
+        "everything up to the end is acked or parked"
+    );
+
+    // Replay two parked events: delivered again from attempt 1; drop the rest.
+    assert_eq!(
+        int(
+            pool,
+            &format!(
+                "SELECT eventstore.replay_parked('g', ARRAY[{}, {}])",
+                b_positions[0], b_positions[1]
+            )
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        fetch(pool, "g", "f", 100).await,
+        vec![(b_positions[0], 1), (b_positions[1], 1)]
+    );
+    assert_eq!(int(pool, "SELECT eventstore.drop_parked('g')").await, 7);
+    assert_eq!(ack("f", b_positions[..2].to_vec()).await, 2);
+    let (position, in_flight, parked_count, lag) = view(pool, "g").await;
+    assert_eq!((in_flight, parked_count, lag), (0, 0, 0));
+    assert!(position >= b_positions[6]);
+
+    // New events reach the group; alter_group repositions it to read the log again.
+    append_interleaved(pool, "order", 1, 1).await;
+    db.settled().await;
+    assert_eq!(view(pool, "g").await.3, 1);
+    sqlx::query(
+        "SELECT eventstore.alter_group('g', from_position => 0, event_types => ARRAY['nothing'])",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    assert_eq!(view(pool, "g").await.3, 0);
+    sqlx::query("SELECT eventstore.alter_group('g', event_types => '{}', categories => '{}')")
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(view(pool, "g").await.3, 14, "every event of the log again");
+
+    // Errors: SQLSTATE and nothing changed.
+    let error = |sql: &'static str| async move {
+        sqlstate(&sqlx::query(sql).execute(pool).await).unwrap_or_default()
+    };
+    for (sql, code) in [
+        ("SELECT eventstore.create_group('g')", "23505"),
+        ("SELECT eventstore.create_group('')", "22023"),
+        (
+            "SELECT eventstore.create_group('h', categories => '{}')",
+            "22023",
+        ),
+        (
+            "SELECT eventstore.create_group('h', categories => ARRAY['a-b'])",
+            "22023",
+        ),
+        (
+            "SELECT eventstore.create_group('h', max_attempts => 0)",
+            "22023",
+        ),
+        (
+            "SELECT eventstore.create_group('h', lease_timeout => '-1 second')",
+            "22023",
+        ),
+        (
+            "SELECT eventstore.create_group('h', from_position => -1)",
+            "22023",
+        ),
+        ("SELECT * FROM eventstore.fetch('nope', 'a')", "22023"),
+        ("SELECT * FROM eventstore.fetch('g', '')", "22023"),
+        ("SELECT * FROM eventstore.fetch('g', 'a', -1)", "22023"),
+        ("SELECT eventstore.ack('g', 'a', NULL)", "22023"),
+        (
+            "SELECT eventstore.nack('g', 'a', '{}', '-1 second')",
+            "22023",
+        ),
+        ("SELECT eventstore.delete_group('nope')", "22023"),
+        (
+            "SELECT eventstore.alter_group('g', max_attempts => -3)",
+            "22023",
+        ),
+    ] {
+        assert_eq!(error(sql).await, code, "{sql}");
+    }
+    assert_eq!(
+        int(pool, "SELECT count(*)::int FROM eventstore.groups").await,
+        1
+    );
+    let store = EventStore::from_pool(pool.clone());
+    assert!(matches!(
+        store.create_group("g", &GroupSettings::default()).await,
+        Err(Error::GroupExists(name)) if name == "g"
+    ));
+    store.delete_group("g").await.unwrap();
+    assert_eq!(
+        int(pool, "SELECT count(*)::int FROM eventstore.group_events").await,
+        0
+    );
+    db.drop_database().await;
+}
+
+/// What the handlers saw, per event position.
+#[derive(Default)]
+struct Record {
+    successes: HashMap<u64, u32>,
+    failures: HashMap<u64, u32>,
+    parked_by_handler: BTreeSet<u64>,
+}
+
+#[tokio::test]
+async fn competing_workers_ack_every_event_once_or_park_it_despite_failures_and_a_killed_worker() {
+    let db = TestDb::new(12).await;
+    append_interleaved(&db.pool, "cart", 1000, 100).await; // 100,000 events
+    db.settled().await;
+    let store = EventStore::from_pool(db.pool.clone());
+    store
+        .create_group(
+            "carts",
+            &GroupSettings::default()
+                .max_attempts(3)
+                .lease_timeout(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+    let victim_record = Arc::new(Mutex::new(Record::default()));
+    let record = Arc::new(Mutex::new(Record::default()));
+    let handler = |record: Arc<Mutex<Record>>, pace: Option<Duration>| {
+        move |event: GroupEvent| {
+            let record = record.clone();
+            async move {
+                if let Some(pace) = pace {
+                    tokio::time::sleep(pace).await;
+                }
+                let n = event.event.decode::<serde_json::Value>().unwrap()["n"]
+                    .as_u64()
+                    .unwrap();
+                let position = event.event.position;
+                let fails = n % 9973 == 0 || rand::thread_rng().gen_bool(0.05);
+                let mut record = record.lock().unwrap();
+                if n % 20011 == 1 {
+                    record.parked_by_handler.insert(position);
+                    return Err(HandlerError::park(format!("item {n} is invalid")));
+                }
+                if fails {
+                    *record.failures.entry(position).or_default() += 1;
+                    return Err(HandlerError::Retry(format!("item {n} failed")));
+                }
+                *record.successes.entry(position).or_default() += 1;
+                Ok(())
+            }
+        }
+    };
+
+    // A slow worker that is killed mid-batch: its leases run out and others get them.
+    let victim = store.group_consumer(
+        "carts",
+        ConsumerOptions::default().name("victim").batch_size(100),
+    );
+    let victim_stats = victim.stats();
+    let victim_task = tokio::spawn(victim.run(
+        handler(victim_record.clone(), Some(Duration::from_millis(2))),
+        std::future::pending(),
+    ));
+    eventually(
+        Duration::from_secs(60),
+        "the victim handled 150 events",
+        || {
+            let stats = victim_stats.clone();
+            async move { stats.get().handled >= 150 }
+        },
+    )
+    .await;
+    victim_task.abort();
+    let _ = victim_task.await;
+    let victim_done = victim_stats.get();
+    assert!(
+        victim_done.handled > victim_done.acked,
+        "killed mid-batch: {victim_done:?}"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let workers = store.group_consumer(
+        "carts",
+        ConsumerOptions::default()
+            .name("worker")
+            .workers(4)
+            .batch_size(200)
+            .retry_backoff(Duration::from_millis(10), Duration::from_millis(50))
+            .poll_interval(Duration::from_millis(100)),
+    );
+    let worker_stats = workers.stats();
+    let running = tokio::spawn(workers.run(handler(record.clone(), None), async {
+        let _ = stop_rx.await;
+    }));
+    eventually(Duration::from_secs(600), "the group is done", || {
+        let pool = db.pool.clone();
+        async move {
+            let (_, in_flight, _, lag) = view(&pool, "carts").await;
+            in_flight == 0 && lag == 0
+        }
+    })
+    .await;
+    stop_tx.send(()).unwrap();
+    let stats = running.await.unwrap().unwrap();
+    assert_eq!(stats, worker_stats.get());
+
+    assert_eq!(
+        stats.lost_leases, 0,
+        "the workers are fast enough for their leases"
+    );
+
+    let parked: BTreeMap<u64, u32> = store
+        .parked("carts")
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| (p.event.position, p.attempt))
+        .collect();
+    let record = record.lock().unwrap();
+    let victim_record = victim_record.lock().unwrap();
+    let all: Vec<u64> = sqlx::query_scalar::<_, i64>("SELECT position FROM eventstore.events")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p as u64)
+        .collect();
+    assert_eq!(all.len(), 100_000);
+    for position in &all {
+        match parked.get(position) {
+            // Parked: by a handler, or out of attempts (failures and the victim's lease
+            // that ran out), and never handled by the workers, whose acks always land.
+            Some(attempt) => {
+                assert!(
+                    record.parked_by_handler.contains(position)
+                        || victim_record.parked_by_handler.contains(position)
+                        || *attempt == 3,
+                    "event {position} parked after {attempt} attempts"
+                );
+                assert!(!record.successes.contains_key(position));
+            }
+            None => assert!(
+                record.successes.contains_key(position)
+                    || victim_record.successes.contains_key(position),
+                "event {position} was neither handled nor parked"
+            ),
+        }
+    }
+    // Each ack deleted the event's row once: the acks counted by all consumers are exactly
+    // the events not parked, and only parked events are left in the group.
+    assert_eq!(
+        victim_done.acked + stats.acked,
+        (all.len() - parked.len()) as u64
+    );
+    assert_eq!(
+        int(
+            &db.pool,
+            "SELECT count(*)::int FROM eventstore.group_events WHERE parked_at IS NULL"
+        )
+        .await,
+        0
+    );
+    // The events the victim handled without acking went to the workers after its leases
+    // ran out (unless they then failed out of attempts).
+    let handled_again = victim_record
+        .successes
+        .keys()
+        .filter(|p| record.successes.contains_key(p))
+        .count() as u64;
+    let unacked = victim_done.handled - victim_done.acked;
+    assert!(
+        handled_again * 2 >= unacked && handled_again > 0,
+        "{handled_again} of {unacked}"
+    );
+    assert!(
+        parked.len() >= 11 + 5,
+        "poison and invalid items are parked: {}",
+        parked.len()
+    );
+    assert_eq!(
+        stats.parked + victim_done.parked,
+        (record.parked_by_handler.len() + victim_record.parked_by_handler.len()) as u64
+    );
+    db.drop_database().await;
+}
+
+/// Per stream: whether a handler runs now, and the last version handled successfully.
+#[derive(Default)]
+struct StreamState {
+    running: bool,
+    last: Option<u64>,
+}
+
+struct Running(Arc<Mutex<HashMap<String, StreamState>>>, String);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(state) = self.0.lock().unwrap().get_mut(&self.1) {
+            state.running = false;
+        }
+    }
+}
+
+#[tokio::test]
+async fn ordered_groups_never_handle_a_stream_out_of_order_or_concurrently() {
+    let db = TestDb::new(12).await;
+    append_interleaved(&db.pool, "account", 40, 250).await; // 10,000 events
+    db.settled().await;
+    let store = EventStore::from_pool(db.pool.clone());
+    store
+        .create_group(
+            "accounts",
+            &GroupSettings::default()
+                .ordered_by_stream(true)
+                .max_attempts(50)
+                .lease_timeout(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+    let streams: Arc<Mutex<HashMap<String, StreamState>>> = Arc::default();
+    let violations: Arc<Mutex<Vec<String>>> = Arc::default();
+    let handler = |pace: Duration| {
+        let streams = streams.clone();
+        let violations = violations.clone();
+        move |event: GroupEvent| {
+            let streams = streams.clone();
+            let violations = violations.clone();
+            async move {
+                let stream = event.event.stream.clone();
+                let version = event.event.version;
+                {
+                    let mut all = streams.lock().unwrap();
+                    let state = all.entry(stream.clone()).or_default();
+                    if state.running {
+                        violations
+                            .lock()
+                            .unwrap()
+                            .push(format!("{stream}@{version} while another ran"));
+                    }
+                    let next = state.last.map_or(0, |last| last + 1);
+                    if version > next {
+                        violations
+                            .lock()
+                            .unwrap()
+                            .push(format!("{stream}@{version} before {stream}@{next}"));
+                    }
+                    state.running = true;
+                }
+                let _running = Running(streams.clone(), stream.clone());
+                tokio::time::sleep(pace).await;
+                if rand::thread_rng().gen_bool(0.1) {
+                    return Err(HandlerError::Retry("flaky".to_owned()));
+                }
+                let mut all = streams.lock().unwrap();
+                let state = all.get_mut(&stream).unwrap();
+                state.last = Some(state.last.map_or(version, |last| last.max(version)));
+                Ok(())
+            }
+        }
+    };
+    let victim = store.group_consumer(
+        "accounts",
+        ConsumerOptions::default().name("victim").batch_size(50),
+    );
+    let victim_stats = victim.stats();
+    let victim_task =
+        tokio::spawn(victim.run(handler(Duration::from_millis(1)), std::future::pending()));
+    eventually(
+        Duration::from_secs(60),
+        "the victim handled 60 events",
+        || {
+            let stats = victim_stats.clone();
+            async move { stats.get().handled >= 60 }
+        },
+    )
+    .await;
+    victim_task.abort();
+    let _ = victim_task.await;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let workers = store.group_consumer(
+        "accounts",
+        ConsumerOptions::default()
+            .name("worker")
+            .workers(4)
+            .batch_size(50)
+            .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
+            .poll_interval(Duration::from_millis(50)),
+    );
+    let running = tokio::spawn(workers.run(handler(Duration::ZERO), async {
+        let _ = stop_rx.await;
+    }));
+    eventually(
+        Duration::from_secs(600),
+        "the ordered group is done",
+        || {
+            let pool = db.pool.clone();
+            async move {
+                let (_, in_flight, parked, lag) = view(&pool, "accounts").await;
+                assert_eq!(parked, 0);
+                in_flight == 0 && lag == 0
+            }
+        },
+    )
+    .await;
+    stop_tx.send(()).unwrap();
+    let stats = running.await.unwrap().unwrap();
+    assert!(stats.nacked > 100, "failures were retried: {stats:?}");
+    let violations = violations.lock().unwrap();
+    assert!(
+        violations.is_empty(),
+        "{:?}",
+        &violations[..violations.len().min(10)]
+    );
+    let last: BTreeMap<String, Option<u64>> = streams
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(stream, state)| (stream.clone(), state.last))
+        .collect();
+    assert_eq!(last.len(), 40);
+    assert!(last.values().all(|last| *last == Some(249)), "{last:?}");
+    db.drop_database().await;
+}
