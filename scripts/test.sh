@@ -3,7 +3,7 @@
 #   1. the in-database #[pg_test] tests (pgrx runs them in a cluster of its own);
 #   2. the client crate's unit and doc tests, and the integration tests in tests/ against a
 #      private cluster that preloads the extension;
-#   3. the client example (the seed's minimal event store interface);
+#   3. the client examples (the seed's minimal event store interface, the shop pipeline);
 #   4. the psql walkthroughs in sql/, run as written;
 #   5. the eventstore command end to end: migrate, generate, run, stats, rebuild, replay.
 set -euo pipefail
@@ -40,17 +40,19 @@ cargo build -p pg_eventstore_client --bin eventstore
 export EVENTSTORE_BIN="$root/target/debug/eventstore"
 cargo test -p pg_eventstore_client -p pg_eventstore_tests 2>&1 | tee -a "$log"
 
-echo "== the client example: the seed's minimal event store interface"
+echo "== the client examples: the seed's minimal event store interface, the shop pipeline"
 examples=0
-psql -X -q -h 127.0.0.1 -p "$(cat "$cluster/port")" -U postgres -d postgres \
-  -c "CREATE DATABASE example_minimal_event_store" >/dev/null
-if DATABASE_URL=$(scripts/cluster.sh url "$cluster" example_minimal_event_store) \
-  cargo run -q -p pg_eventstore_client --example minimal_event_store; then
-  examples=1
-else
-  echo "example: minimal_event_store FAILED" >&2
-  exit 1
-fi
+for example in minimal_event_store shop_pipeline; do
+  psql -X -q -h 127.0.0.1 -p "$(cat "$cluster/port")" -U postgres -d postgres \
+    -c "CREATE DATABASE example_$example" >/dev/null
+  if DATABASE_URL=$(scripts/cluster.sh url "$cluster" "example_$example") \
+    cargo run -q -p pg_eventstore_client --example "$example"; then
+    examples=$((examples + 1))
+  else
+    echo "example: $example FAILED" >&2
+    exit 1
+  fi
+done
 
 echo "== psql walkthroughs in sql/"
 port=$(cat "$cluster/port")

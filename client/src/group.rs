@@ -181,12 +181,13 @@ impl EventStore {
     /// The groups with their position, in-flight, parked and lag counts, by name.
     pub async fn groups(&self) -> Result<Vec<GroupInfo>> {
         let rows = sqlx::query(
-            "SELECT group_name, position, in_flight, parked, lag, consumers, categories, \
-                    event_types, max_attempts, \
-                    extract(epoch FROM lease_timeout)::float8 AS lease_seconds, \
-                    ordered_by_stream, from_position \
-             FROM eventstore.groups JOIN eventstore.subscription_groups USING (group_name) \
-             ORDER BY group_name",
+            "SELECT v.group_name, v.position, v.in_flight, v.parked, v.lag, v.consumers, \
+                    v.categories, v.event_types, v.max_attempts, \
+                    extract(epoch FROM v.lease_timeout)::float8 AS lease_seconds, \
+                    v.ordered_by_stream, s.from_position \
+             FROM eventstore.groups AS v \
+             JOIN eventstore.subscription_groups AS s USING (group_name) \
+             ORDER BY v.group_name",
         )
         .fetch_all(self.pool())
         .await?;
