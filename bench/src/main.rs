@@ -7,13 +7,14 @@
 //! Then the client's figures (`client_bench.rs`): `read_all` catch-up against a plain indexed
 //! `SELECT`, and subscription latency under 8 writers.
 //!
-//! Usage: `eventstore-bench [--seconds N] [--rounds N] [--only append|catchup|subscriptions|projection]
-//! [--projection-events N]
+//! Usage: `eventstore-bench [--seconds N] [--rounds N]
+//! [--only append|catchup|subscriptions|projection|groups] [--projection-events N] [--group-events N]
 //! [--catchup-sizes 100000,1000000]` with `DATABASE_URL` naming a database in which the bench
 //! may create the extension and a `bench` schema. `scripts/bench.sh` starts a private cluster
 //! and runs it.
 
 mod client_bench;
+mod group_bench;
 mod projection_bench;
 
 use std::str::FromStr;
@@ -214,6 +215,9 @@ async fn main() {
     if only.is_empty() || only == "projection" {
         let events = arg("--projection-events", 1_000_000);
         all_met &= projection_bench::run(&pool, &options, events, seconds).await;
+    }
+    if only.is_empty() || only == "groups" {
+        group_bench::run(&pool, &options, arg("--group-events", 200_000)).await;
     }
     println!(
         "{}",
