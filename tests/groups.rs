@@ -298,7 +298,7 @@ async fn competing_workers_ack_every_event_once_or_park_it_despite_failures_and_
                     .as_u64()
                     .unwrap();
                 let position = event.event.position;
-                let fails = n % 9973 == 0 || rand::thread_rng().gen_bool(0.05);
+                let fails = n.is_multiple_of(9973) || rand::thread_rng().gen_bool(0.05);
                 let mut record = record.lock().unwrap();
                 if n % 20011 == 1 {
                     record.parked_by_handler.insert(position);
@@ -379,8 +379,6 @@ async fn competing_workers_ack_every_event_once_or_park_it_despite_failures_and_
         .iter()
         .map(|p| (p.event.position, p.attempt))
         .collect();
-    let record = record.lock().unwrap();
-    let victim_record = victim_record.lock().unwrap();
     let all: Vec<u64> = sqlx::query_scalar::<_, i64>("SELECT position FROM eventstore.events")
         .fetch_all(&db.pool)
         .await
@@ -388,6 +386,18 @@ async fn competing_workers_ack_every_event_once_or_park_it_despite_failures_and_
         .into_iter()
         .map(|p| p as u64)
         .collect();
+    // Each ack deleted the event's row once, so only parked events are left in the group.
+    assert_eq!(
+        int(
+            &db.pool,
+            "SELECT count(*)::int FROM eventstore.group_events WHERE parked_at IS NULL"
+        )
+        .await,
+        0
+    );
+    db.drop_database().await;
+    let record = record.lock().unwrap();
+    let victim_record = victim_record.lock().unwrap();
     assert_eq!(all.len(), 100_000);
     for position in &all {
         match parked.get(position) {
@@ -409,19 +419,10 @@ async fn competing_workers_ack_every_event_once_or_park_it_despite_failures_and_
             ),
         }
     }
-    // Each ack deleted the event's row once: the acks counted by all consumers are exactly
-    // the events not parked, and only parked events are left in the group.
+    // The acks counted by all consumers are exactly the events not parked.
     assert_eq!(
         victim_done.acked + stats.acked,
         (all.len() - parked.len()) as u64
-    );
-    assert_eq!(
-        int(
-            &db.pool,
-            "SELECT count(*)::int FROM eventstore.group_events WHERE parked_at IS NULL"
-        )
-        .await,
-        0
     );
     // The events the victim handled without acking went to the workers after its leases
     // ran out (unless they then failed out of attempts).
@@ -444,7 +445,6 @@ async fn competing_workers_ack_every_event_once_or_park_it_despite_failures_and_
         stats.parked + victim_done.parked,
         (record.parked_by_handler.len() + victim_record.parked_by_handler.len()) as u64
     );
-    db.drop_database().await;
 }
 
 /// Per stream: whether a handler runs now, and the last version handled successfully.
@@ -569,6 +569,7 @@ async fn ordered_groups_never_handle_a_stream_out_of_order_or_concurrently() {
     stop_tx.send(()).unwrap();
     let stats = running.await.unwrap().unwrap();
     assert!(stats.nacked > 100, "failures were retried: {stats:?}");
+    db.drop_database().await;
     let violations = violations.lock().unwrap();
     assert!(
         violations.is_empty(),
@@ -583,5 +584,4 @@ async fn ordered_groups_never_handle_a_stream_out_of_order_or_concurrently() {
         .collect();
     assert_eq!(last.len(), 40);
     assert!(last.values().all(|last| *last == Some(249)), "{last:?}");
-    db.drop_database().await;
 }
