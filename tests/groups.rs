@@ -467,7 +467,7 @@ impl Drop for Running {
 #[tokio::test]
 async fn ordered_groups_never_handle_a_stream_out_of_order_or_concurrently() {
     let db = TestDb::new(12).await;
-    append_interleaved(&db.pool, "account", 40, 250).await; // 10,000 events
+    append_interleaved(&db.pool, "account", 400, 250).await; // 100,000 events
     db.settled().await;
     let store = EventStore::from_pool(db.pool.clone());
     store
@@ -582,6 +582,6 @@ async fn ordered_groups_never_handle_a_stream_out_of_order_or_concurrently() {
         .iter()
         .map(|(stream, state)| (stream.clone(), state.last))
         .collect();
-    assert_eq!(last.len(), 40);
+    assert_eq!(last.len(), 400);
     assert!(last.values().all(|last| *last == Some(249)), "{last:?}");
 }
