@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pg_eventstore_client::{
-    ConsumerOptions, Error, EventStore, GroupEvent, GroupSettings, HandlerError,
+    ConsumerOptions, ConsumerStats, Error, EventStore, GroupEvent, GroupSettings, HandlerError,
 };
 use pg_eventstore_tests::{eventually, sqlstate, TestDb};
 use rand::Rng;
@@ -262,6 +262,47 @@ async fn the_sql_contract_leases_acks_retries_and_parks() {
     db.drop_database().await;
 }
 
+/// Runs a one-worker consumer named `victim` with `handler` and aborts it in the middle of a
+/// batch: once it has handled at least `handled` events, `unacked` of them not acked yet.
+/// Returns its counters, which show events handled and never acked.
+async fn kill_mid_batch<H, Fut>(
+    store: &EventStore,
+    group: &str,
+    batch_size: u32,
+    handler: H,
+    (handled, unacked): (u64, u64),
+) -> ConsumerStats
+where
+    H: Fn(GroupEvent) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    let victim = store.group_consumer(
+        group,
+        ConsumerOptions::default()
+            .name("victim")
+            .batch_size(batch_size),
+    );
+    let stats = victim.stats();
+    let task = tokio::spawn(victim.run(handler, std::future::pending()));
+    eventually(
+        Duration::from_secs(60),
+        "the victim is in the middle of a batch",
+        || {
+            let stats = stats.clone();
+            async move {
+                let now = stats.get();
+                now.handled >= handled && now.handled >= now.acked + unacked
+            }
+        },
+    )
+    .await;
+    task.abort();
+    let _ = task.await;
+    let done = stats.get();
+    assert!(done.handled > done.acked, "killed mid-batch: {done:?}");
+    done
+}
+
 /// What the handlers saw, per event position.
 #[derive(Default)]
 struct Record {
@@ -315,31 +356,14 @@ async fn competing_workers_ack_every_event_once_or_park_it_despite_failures_and_
     };
 
     // A slow worker that is killed mid-batch: its leases run out and others get them.
-    let victim = store.group_consumer(
+    let victim_done = kill_mid_batch(
+        &store,
         "carts",
-        ConsumerOptions::default().name("victim").batch_size(100),
-    );
-    let victim_stats = victim.stats();
-    let victim_task = tokio::spawn(victim.run(
+        100,
         handler(victim_record.clone(), Some(Duration::from_millis(2))),
-        std::future::pending(),
-    ));
-    eventually(
-        Duration::from_secs(60),
-        "the victim handled 150 events",
-        || {
-            let stats = victim_stats.clone();
-            async move { stats.get().handled >= 150 }
-        },
+        (150, 20),
     )
     .await;
-    victim_task.abort();
-    let _ = victim_task.await;
-    let victim_done = victim_stats.get();
-    assert!(
-        victim_done.handled > victim_done.acked,
-        "killed mid-batch: {victim_done:?}"
-    );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let workers = store.group_consumer(
@@ -521,24 +545,14 @@ async fn ordered_groups_never_handle_a_stream_out_of_order_or_concurrently() {
             }
         }
     };
-    let victim = store.group_consumer(
+    kill_mid_batch(
+        &store,
         "accounts",
-        ConsumerOptions::default().name("victim").batch_size(50),
-    );
-    let victim_stats = victim.stats();
-    let victim_task =
-        tokio::spawn(victim.run(handler(Duration::from_millis(1)), std::future::pending()));
-    eventually(
-        Duration::from_secs(60),
-        "the victim handled 60 events",
-        || {
-            let stats = victim_stats.clone();
-            async move { stats.get().handled >= 60 }
-        },
+        50,
+        handler(Duration::from_millis(1)),
+        (60, 5),
     )
     .await;
-    victim_task.abort();
-    let _ = victim_task.await;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let workers = store.group_consumer(
