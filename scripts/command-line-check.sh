@@ -10,10 +10,24 @@ psql_q() { psql -X -A -t -q -d "$DATABASE_URL" -c "$1"; }
 fail() { echo "command-line check: $*" >&2; exit 1; }
 
 "$bin" --help | grep -q "projection daemon" || fail "--help"
-for sub in run migrate append read tail rebuild replay stats generate; do
+for sub in run migrate append read tail rebuild replay stats groups generate; do
   "$bin" "$sub" --help >/dev/null || fail "$sub --help"
 done
-"$bin" migrate | grep -q "applied V2__shop_read_models" || fail "migrate"
+
+# Nothing listening: the command says so at once, naming the server.
+started=$(date +%s)
+if DATABASE_URL=postgres://postgres@127.0.0.1:1/none "$bin" stats 2>/tmp/err.$$; then
+  fail "stats against a closed port succeeded"
+fi
+grep -q "cannot connect to 127.0.0.1:1" /tmp/err.$$ || fail "unreachable server: $(cat /tmp/err.$$)"
+[ $(($(date +%s) - started)) -lt 20 ] || fail "an unreachable server took $(($(date +%s) - started)) s to report"
+rm -f /tmp/err.$$
+
+migrated=$("$bin" migrate)
+for applied in "V1__pg_eventstore_extension (eventstore_schema_history)" \
+  "V4__projection_checkpoints (eventstore_schema_history)" "V1__shop_read_models (shop_schema_history)"; do
+  grep -qF "applied $applied" <<<"$migrated" || fail "migrate: $migrated"
+done
 "$bin" migrate | grep -q "up to date" || fail "second migrate"
 "$bin" generate --users 50 --orders 300 | grep -q "generated 50 users and 300 orders" || fail "generate"
 
@@ -42,6 +56,17 @@ if "$bin" append user-zed --type user-created --data '{}' --expected-version no-
   fail "a conflicting append succeeded"
 fi
 grep -q "SQLSTATE 40001" /tmp/err.$$ || fail "conflict without SQLSTATE: $(cat /tmp/err.$$)"
+rm -f /tmp/err.$$
+
+# Groups: create one in SQL, park an event, and settle it from the command line.
+psql_q "SELECT eventstore.create_group('cli-check', event_types => ARRAY['user-created'])" >/dev/null
+"$bin" groups | grep -E "^cli-check " >/dev/null || fail "groups: $("$bin" groups)"
+parked_at=$(psql_q "SELECT position FROM eventstore.fetch('cli-check', 'c1', 1)")
+[ "$(psql_q "SELECT eventstore.park('cli-check', 'c1', ARRAY[$parked_at::bigint], 'checked by hand')")" = 1 ] || fail "park"
+"$bin" groups parked cli-check | grep -q "checked by hand" || fail "groups parked"
+"$bin" groups replay-parked cli-check --position "$parked_at" | grep -q "^1 parked events" || fail "groups replay-parked"
+"$bin" groups --format json | grep -q '"name":"cli-check"' || fail "groups --format json"
+if "$bin" groups parked no-such-group 2>/tmp/err.$$; then fail "parked of a missing group succeeded"; fi
 rm -f /tmp/err.$$
 
 # Rebuild while the daemon runs it: the daemon replays, the command follows its progress.

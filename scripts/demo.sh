@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 echo "== building and installing pg_eventstore and the eventstore command (release)"
 scripts/install-extension.sh --release
-cargo build --release -q -p pg_eventstore_client --bin eventstore
+cargo build --release -q -p pg_eventstore_cli --bin eventstore
 eventstore=$PWD/target/release/eventstore
 
 cluster=.pgdata/demo

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or an old one:
 #   1. the in-database #[pg_test] tests (pgrx runs them in a cluster of its own);
-#   2. the client crate's unit and doc tests, and the integration tests in tests/ against a
-#      private cluster that preloads the extension;
-#   3. the client examples (the seed's minimal event store interface, the shop pipeline);
+#   0. formatting and lints (cargo fmt --check, clippy -D warnings on every target);
+#   2. the unit and doc tests of the client, the shop and the command crates, and the
+#      integration tests in tests/ against a private cluster that preloads the extension;
+#   3. the examples (the seed's minimal event store interface, the shop pipeline);
 #   4. the psql walkthroughs in sql/, run as written;
 #   5. the eventstore command end to end: migrate, generate, run, stats, rebuild, replay.
 set -euo pipefail
@@ -18,6 +19,11 @@ log=$(mktemp)
 # Folders the postgres user writes to.
 mkdir -p target/pg
 if [ "$(id -u)" = 0 ]; then chown postgres: target/pg; fi
+
+echo "== formatting and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -q -- -D warnings
+echo "format and lints: ok"
 
 echo "== pg_test: SQL functions and errors, inside PostgreSQL"
 # cargo pgrx test installs the library too; never overwrite one a running server maps.
@@ -36,17 +42,19 @@ DATABASE_URL=$(scripts/cluster.sh url "$cluster")
 # tests/server_restart.rs restarts this cluster.
 EVENTSTORE_TEST_PGDATA="$root/$cluster/data"
 # tests/projections.rs starts the eventstore binary as a separate process (and kills it).
-cargo build -p pg_eventstore_client --bin eventstore
+cargo build -p pg_eventstore_cli --bin eventstore
 export EVENTSTORE_BIN="$root/target/debug/eventstore"
-cargo test -p pg_eventstore_client -p pg_eventstore_tests 2>&1 | tee -a "$log"
+cargo test -p pg_eventstore_client -p pg_eventstore_shop -p pg_eventstore_cli -p pg_eventstore_tests 2>&1 | tee -a "$log"
 
 echo "== the client examples: the seed's minimal event store interface, the shop pipeline"
 examples=0
-for example in minimal_event_store shop_pipeline; do
+for example in pg_eventstore_client:minimal_event_store pg_eventstore_shop:shop_pipeline; do
+  crate=${example%%:*}
+  example=${example#*:}
   psql -X -q -h 127.0.0.1 -p "$(cat "$cluster/port")" -U postgres -d postgres \
     -c "CREATE DATABASE example_$example" >/dev/null
   if DATABASE_URL=$(scripts/cluster.sh url "$cluster" "example_$example") \
-    cargo run -q -p pg_eventstore_client --example "$example"; then
+    cargo run -q -p "$crate" --example "$example"; then
     examples=$((examples + 1))
   else
     echo "example: $example FAILED" >&2

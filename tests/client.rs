@@ -21,7 +21,7 @@ struct OrderPlaced {
 struct Item {
     sku: String,
     qty: u32,
-    price: f64,
+    price_cents: u32,
 }
 
 fn placed(username: &str) -> OrderPlaced {
@@ -30,7 +30,7 @@ fn placed(username: &str) -> OrderPlaced {
         items: vec![Item {
             sku: "espresso".to_owned(),
             qty: 2,
-            price: 2.5,
+            price_cents: 250,
         }],
         currency: "EUR".to_owned(),
     }
@@ -56,12 +56,12 @@ async fn migrate_creates_the_extension_once_even_when_called_concurrently() {
                 name: "pg_eventstore_extension".to_owned()
             },
             AppliedMigration {
-                version: 2,
-                name: "shop_read_models".to_owned()
-            },
-            AppliedMigration {
                 version: 3,
                 name: "pg_eventstore_0_2_0".to_owned()
+            },
+            AppliedMigration {
+                version: 4,
+                name: "projection_checkpoints".to_owned()
             }
         ]
     );

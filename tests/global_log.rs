@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pg_eventstore_tests::{read_all_from, sqlstate, LogEntry, TestDb};
+use pg_eventstore_tests::{eventually, read_all_from, sqlstate, LogEntry, TestDb, PATIENCE};
 use rand::Rng;
 use sqlx::{Connection, PgPool};
 use uuid::Uuid;
@@ -130,19 +130,7 @@ async fn a_reader_following_concurrent_writers_sees_exactly_the_committed_events
     }
     // Transactions of other tests on this server may hold the global log back for a moment;
     // wait until every committed event is readable before telling the reader to finish.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let visible: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM eventstore.events WHERE position < eventstore._visible_below()",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        if visible as usize >= committed.len() || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    db.settled().await;
     done.store(true, Ordering::SeqCst);
     let seen = reader.await.unwrap();
 
@@ -191,7 +179,7 @@ async fn a_reader_following_concurrent_writers_sees_exactly_the_committed_events
 }
 
 async fn wait_until_visible(pool: &PgPool, count: usize) -> Vec<LogEntry> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + PATIENCE;
     loop {
         let log = read_all_from(pool, 0, 1000).await;
         if log.len() >= count || Instant::now() > deadline {
@@ -303,6 +291,10 @@ async fn an_older_transaction_cannot_append_behind_a_younger_ones_event() {
         sqlx::query(sql).execute(&mut *conn).await.unwrap();
     }
 
+    let older_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut older)
+        .await
+        .unwrap();
     let waiting = tokio::spawn(async move {
         let result = sqlx::query(
             "SELECT eventstore.append('order-c', '[{\"type\": \"late\", \"data\": {}}]')",
@@ -311,7 +303,21 @@ async fn an_older_transaction_cannot_append_behind_a_younger_ones_event() {
         .await;
         (sqlstate(&result), older)
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually(
+        PATIENCE,
+        "the older transaction waits for the stream's lock",
+        || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT coalesce(bool_or(wait_event_type = 'Lock'), false) FROM pg_stat_activity \
+             WHERE pid = $1",
+            )
+            .bind(older_pid)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
     sqlx::query("COMMIT").execute(&mut younger).await.unwrap();
     let (state, mut older) = waiting.await.unwrap();
     assert_eq!(state.as_deref(), Some("40001"));

@@ -9,8 +9,8 @@ use std::time::Duration;
 use pg_eventstore_client::{
     ConsumerOptions, ConsumerStats, Error, EventStore, GroupEvent, GroupSettings, HandlerError,
 };
-use pg_eventstore_tests::{eventually, sqlstate, TestDb};
-use rand::Rng;
+use pg_eventstore_tests::{eventually, sqlstate, TestDb, PATIENCE};
+use rand::{Rng, SeedableRng};
 use sqlx::PgPool;
 
 /// Appends `streams` streams of `per_stream` events each, interleaved in the global log
@@ -52,6 +52,26 @@ async fn fetch(pool: &PgPool, group: &str, consumer: &str, n: i32) -> Vec<(i64, 
         .unwrap()
 }
 
+/// The lease of the 100k-event groups: longer than any batch takes on a loaded machine.
+const LONG_LEASE: Duration = Duration::from_secs(300);
+
+/// Moves the end of `consumer`'s leases into the past, as if their hour had gone by: the
+/// test then does not depend on how fast the machine runs the steps before.
+async fn run_out(pool: &PgPool, group: &str, consumer: &str) {
+    let moved = sqlx::query(
+        "UPDATE eventstore.group_events AS e SET lease_until = clock_timestamp() - interval '1 ms' \
+         FROM eventstore.subscription_groups AS g \
+         WHERE e.group_id = g.group_id AND g.group_name = $1 AND e.consumer = $2 \
+           AND e.lease_until IS NOT NULL",
+    )
+    .bind(group)
+    .bind(consumer)
+    .execute(pool)
+    .await
+    .unwrap();
+    assert!(moved.rows_affected() > 0, "{consumer} holds leases");
+}
+
 async fn int(pool: &PgPool, sql: &str) -> i32 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
@@ -70,7 +90,7 @@ async fn the_sql_contract_leases_acks_retries_and_parks() {
     db.settled().await;
     sqlx::query(
         "SELECT eventstore.create_group('g', categories => ARRAY['order'], max_attempts => 2, \
-         lease_timeout => '1 second')",
+         lease_timeout => '1 hour')",
     )
     .execute(pool)
     .await
@@ -138,7 +158,7 @@ async fn the_sql_contract_leases_acks_retries_and_parks() {
     );
     // b's leases run out: they are delivered again (attempt 2) to another consumer, and b
     // can no longer ack them.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    run_out(pool, "g", "b").await;
     let redelivered = fetch(pool, "g", "d", 100).await;
     assert_eq!(
         redelivered,
@@ -147,7 +167,7 @@ async fn the_sql_contract_leases_acks_retries_and_parks() {
     let b_positions: Vec<i64> = b.iter().map(|(p, _)| *p).collect();
     assert_eq!(ack("b", b_positions.clone()).await, 0);
     // d dies too: out of attempts, the events are parked when the leases run out.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    run_out(pool, "g", "d").await;
     assert!(fetch(pool, "g", "e", 100).await.is_empty());
     let (position, in_flight, parked_count, lag) = view(pool, "g").await;
     assert_eq!((in_flight, parked_count, lag), (0, 9, 0));
@@ -284,22 +304,21 @@ where
     );
     let stats = victim.stats();
     let task = tokio::spawn(victim.run(handler, std::future::pending()));
-    eventually(
-        Duration::from_secs(60),
-        "the victim is in the middle of a batch",
-        || {
-            let stats = stats.clone();
-            async move {
-                let now = stats.get();
-                now.handled >= handled && now.handled >= now.acked + unacked
-            }
-        },
-    )
+    eventually(PATIENCE, "the victim is in the middle of a batch", || {
+        let stats = stats.clone();
+        async move {
+            let now = stats.get();
+            now.handled >= handled && now.handled >= now.acked + unacked
+        }
+    })
     .await;
     task.abort();
     let _ = task.await;
     let done = stats.get();
     assert!(done.handled > done.acked, "killed mid-batch: {done:?}");
+    // Its leases run out at once (the group's lease is long, so that the live workers never
+    // lose one however slow the machine).
+    run_out(store.pool(), group, "victim-0").await;
     done
 }
 
@@ -322,7 +341,7 @@ async fn competing_workers_ack_every_event_once_or_park_it_despite_failures_and_
             "carts",
             &GroupSettings::default()
                 .max_attempts(3)
-                .lease_timeout(Duration::from_secs(2)),
+                .lease_timeout(LONG_LEASE),
         )
         .await
         .unwrap();
@@ -379,7 +398,7 @@ async fn competing_workers_ack_every_event_once_or_park_it_despite_failures_and_
     let running = tokio::spawn(workers.run(handler(record.clone(), None), async {
         let _ = stop_rx.await;
     }));
-    eventually(Duration::from_secs(600), "the group is done", || {
+    eventually(PATIENCE, "the group is done", || {
         let pool = db.pool.clone();
         async move {
             let (_, in_flight, _, lag) = view(&pool, "carts").await;
@@ -500,7 +519,7 @@ async fn ordered_groups_never_handle_a_stream_out_of_order_or_concurrently() {
             &GroupSettings::default()
                 .ordered_by_stream(true)
                 .max_attempts(50)
-                .lease_timeout(Duration::from_secs(2)),
+                .lease_timeout(LONG_LEASE),
         )
         .await
         .unwrap();
@@ -567,18 +586,14 @@ async fn ordered_groups_never_handle_a_stream_out_of_order_or_concurrently() {
     let running = tokio::spawn(workers.run(handler(Duration::ZERO), async {
         let _ = stop_rx.await;
     }));
-    eventually(
-        Duration::from_secs(600),
-        "the ordered group is done",
-        || {
-            let pool = db.pool.clone();
-            async move {
-                let (_, in_flight, parked, lag) = view(&pool, "accounts").await;
-                assert_eq!(parked, 0);
-                in_flight == 0 && lag == 0
-            }
-        },
-    )
+    eventually(PATIENCE, "the ordered group is done", || {
+        let pool = db.pool.clone();
+        async move {
+            let (_, in_flight, parked, lag) = view(&pool, "accounts").await;
+            assert_eq!(parked, 0);
+            in_flight == 0 && lag == 0
+        }
+    })
     .await;
     stop_tx.send(()).unwrap();
     let stats = running.await.unwrap().unwrap();
@@ -598,4 +613,174 @@ async fn ordered_groups_never_handle_a_stream_out_of_order_or_concurrently() {
         .collect();
     assert_eq!(last.len(), 400);
     assert!(last.values().all(|last| *last == Some(249)), "{last:?}");
+}
+
+/// Where a [`transactional_worker`] stops for good, to be killed there.
+#[derive(Clone, Copy, Debug)]
+enum Stall {
+    /// Its rows written, before the ack.
+    BeforeAck,
+    /// Acked, before the commit.
+    BeforeCommit,
+}
+
+/// A consumer whose handler writes one row per event and acks in the same transaction,
+/// committing only when the ack counted the whole batch; returns when the group is empty.
+/// With `stall`, after that many committed batches it stops inside the next transaction,
+/// tells `stalled`, and waits there forever.
+async fn transactional_worker(
+    pool: PgPool,
+    consumer: String,
+    stall: Option<(usize, Stall, tokio::sync::oneshot::Sender<()>)>,
+) -> Result<(), Error> {
+    let mut stall = stall;
+    let mut committed = 0;
+    loop {
+        let batch = EventStore::fetch_in(&pool, "jobs", &consumer, 20).await?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let stop_here = stall
+            .as_ref()
+            .is_some_and(|(after, ..)| *after == committed);
+        let positions: Vec<u64> = batch.iter().map(|e| e.event.position).collect();
+        let mut tx = pool.begin().await?;
+        for position in &positions {
+            sqlx::query("INSERT INTO handled (position, consumer) VALUES ($1, $2)")
+                .bind(*position as i64)
+                .bind(&consumer)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let wait_there = |stall: &mut Option<(usize, Stall, tokio::sync::oneshot::Sender<()>)>| {
+            if let Some((_, _, stalled)) = stall.take() {
+                let _ = stalled.send(());
+            }
+            std::future::pending::<()>()
+        };
+        if stop_here && matches!(stall, Some((_, Stall::BeforeAck, _))) {
+            wait_there(&mut stall).await;
+        }
+        let acked = EventStore::ack_in(&mut *tx, "jobs", &consumer, &positions).await?;
+        if stop_here && matches!(stall, Some((_, Stall::BeforeCommit, _))) {
+            wait_there(&mut stall).await;
+        }
+        if acked == positions.len() as u64 {
+            tx.commit().await?;
+            committed += 1;
+        } else {
+            tx.rollback().await?;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_acking_in_their_own_transaction_apply_each_event_once_though_killed() {
+    let db = TestDb::new(8).await;
+    append_interleaved(&db.pool, "job", 100, 100).await; // 10,000 events
+    db.settled().await;
+    sqlx::query("CREATE TABLE handled (position bigint NOT NULL, consumer text NOT NULL)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let store = EventStore::from_pool(db.pool.clone());
+    store
+        .create_group("jobs", &GroupSettings::default().lease_timeout(LONG_LEASE))
+        .await
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut killed_in_transaction = 0;
+    for generation in 0..12 {
+        let consumer = format!("c{generation}");
+        let name = format!("exactly-once-{generation}");
+        let pool = db.pool_named(&name, 2).await;
+        // Every other consumer is killed inside a transaction, its rows written (and, half
+        // of those times, its ack made) but not committed; the others at a random moment.
+        let (stalled_tx, stalled) = tokio::sync::oneshot::channel();
+        let stall = (generation % 2 == 0).then(|| {
+            let point = if generation % 4 == 0 {
+                Stall::BeforeCommit
+            } else {
+                Stall::BeforeAck
+            };
+            (rng.gen_range(0..4), point, stalled_tx)
+        });
+        let stalls = stall.is_some();
+        let worker = tokio::spawn(transactional_worker(pool.clone(), consumer.clone(), stall));
+        if stalls {
+            tokio::time::timeout(PATIENCE, stalled)
+                .await
+                .expect("the consumer reaches its stall")
+                .unwrap();
+        } else {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..60))).await;
+        }
+        // Killed: its connections terminated by the server, or the task dropped wherever
+        // it is.
+        if rng.gen_bool(0.5) {
+            db.terminate(&name).await;
+        }
+        worker.abort();
+        let outcome = worker.await;
+        if stalls {
+            assert!(
+                !matches!(outcome, Ok(Ok(()))),
+                "a stalled consumer never finishes"
+            );
+            killed_in_transaction += 1;
+        }
+        pool.close().await;
+        // Whatever it left open goes too, as a killed process's sockets do.
+        db.terminate(&name).await;
+        // Once the server has seen its sessions go, their transactions are over; its leases
+        // then run out as if their time had passed.
+        eventually(PATIENCE, "the killed consumer's sessions are gone", || {
+            let pool = db.pool.clone();
+            let name = name.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND application_name = $1",
+                )
+                .bind(name)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                    == 0
+            }
+        })
+        .await;
+        sqlx::query(
+            "UPDATE eventstore.group_events AS e SET lease_until = clock_timestamp() \
+             FROM eventstore.subscription_groups AS g \
+             WHERE e.group_id = g.group_id AND g.group_name = 'jobs' AND e.consumer = $1 \
+               AND e.lease_until IS NOT NULL",
+        )
+        .bind(&consumer)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    assert_eq!(killed_in_transaction, 6);
+    transactional_worker(db.pool.clone(), "last".to_owned(), None)
+        .await
+        .unwrap();
+
+    let (_, in_flight, parked, lag) = view(&db.pool, "jobs").await;
+    assert_eq!((in_flight, parked, lag), (0, 0, 0));
+    let (rows, distinct, missing): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM handled), \
+                (SELECT count(DISTINCT position) FROM handled), \
+                (SELECT count(*) FROM eventstore.events e \
+                 WHERE NOT EXISTS (SELECT FROM handled h WHERE h.position = e.position))",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (rows, distinct, missing),
+        (10_000, 10_000, 0),
+        "each event's row exists exactly once"
+    );
+    db.drop_database().await;
 }

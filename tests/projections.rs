@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use pg_eventstore_client::projection::{
-    self, ApplyError, Daemon, DaemonOptions, Projection, ReplayUntil, ShopProjection,
-    SHOP_EVENT_TYPES,
+    self, ApplyError, Daemon, DaemonOptions, Projection, ReplayUntil,
 };
 use pg_eventstore_client::{EventData, EventStore, ExpectedVersion, RecordedEvent};
-use pg_eventstore_tests::{eventstore_bin, eventually, settled, TestDb};
+use pg_eventstore_shop::{ShopProjection, EVENT_TYPES as SHOP_EVENT_TYPES};
+use pg_eventstore_tests::{eventstore_bin, eventually, settled, TestDb, PATIENCE};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -21,7 +21,7 @@ use tokio::process::{Child, Command};
 async fn migrated(connections: u32) -> (TestDb, EventStore) {
     let db = TestDb::new(connections).await;
     let store = EventStore::from_pool(db.pool.clone());
-    store.migrate().await.unwrap();
+    pg_eventstore_shop::migrate(&store).await.unwrap();
     (db, store)
 }
 
@@ -37,11 +37,26 @@ fn command(db: &TestDb, args: &[&str]) -> Command {
     command
 }
 
+/// The application name of a daemon's pool connections (its runners name theirs
+/// [`SHOP_RUNNER`]).
+const DAEMON: &str = "eventstore daemon";
+
 /// Starts `eventstore run` with `args`.
 fn daemon(db: &TestDb, args: &[&str]) -> Child {
     let mut all = vec!["run"];
     all.extend_from_slice(args);
-    command(db, &all).spawn().expect("start the daemon")
+    let url = db.url();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    command(db, &all)
+        .env(
+            "DATABASE_URL",
+            format!(
+                "{url}{separator}application_name={}",
+                DAEMON.replace(' ', "%20")
+            ),
+        )
+        .spawn()
+        .expect("start the daemon")
 }
 
 /// Runs `eventstore generate` with `args` to completion.
@@ -108,11 +123,9 @@ async fn shop_events_through(pool: &PgPool, position: i64) -> i64 {
 async fn caught_up(pool: &PgPool) {
     settled(pool).await;
     let target = head(pool).await;
-    eventually(
-        Duration::from_secs(120),
-        "the shop projection caught up",
-        || async { checkpoint(pool, "shop").await.position >= target },
-    )
+    eventually(PATIENCE, "the shop projection caught up", || async {
+        checkpoint(pool, "shop").await.position >= target
+    })
     .await;
 }
 
@@ -168,12 +181,74 @@ async fn replay_through(store: &EventStore, schema: &str, position: i64) {
     assert_eq!(report.position, position as u64);
 }
 
+/// The application name of a projection's runner session.
+const SHOP_RUNNER: &str = "eventstore projection shop";
+
+/// Sessions of daemons (their pools and runners) connected to `db` now.
+async fn daemon_sessions(pool: &PgPool, waiting_on_a_lock: bool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name IN ($1, $2) \
+           AND (NOT $3 OR wait_event_type = 'Lock')",
+    )
+    .bind(SHOP_RUNNER)
+    .bind(DAEMON)
+    .bind(waiting_on_a_lock)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// While it is held, every write to `projections.checkpoints` waits: a runner's batch waits
+/// at its checkpoint update, its read-model writes made and not committed.
+struct Gate(PgConnection);
+
+impl Gate {
+    async fn close(db: &TestDb) -> Gate {
+        let mut connection = db.connect().await;
+        Gate::lock(&mut connection).await;
+        Gate(connection)
+    }
+
+    async fn lock(connection: &mut PgConnection) {
+        sqlx::query("BEGIN")
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+        // SHARE: reads go on, writes wait. No transaction id is taken, so the log is not
+        // held back.
+        sqlx::query("LOCK TABLE projections.checkpoints IN SHARE MODE")
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the daemon is stopped at the gate (its runner's batch, or its first
+    /// checkpoint write).
+    async fn daemon_waits(pool: &PgPool) {
+        eventually(PATIENCE, "the daemon waits at the gate", || async {
+            daemon_sessions(pool, true).await == 1
+        })
+        .await;
+    }
+
+    /// Lets the waiting write through, and closes again once its transaction ended.
+    async fn step(&mut self) {
+        sqlx::query("COMMIT").execute(&mut self.0).await.unwrap();
+        Gate::lock(&mut self.0).await;
+    }
+
+    async fn open(mut self) {
+        sqlx::query("ROLLBACK").execute(&mut self.0).await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_killed_at_random_moments_leaves_what_a_rebuild_builds() {
     let (db, store) = migrated(4).await;
     generate(&db, &["--users", "300", "--orders", "4000", "--seed", "1"]).await;
     let mut rng = StdRng::seed_from_u64(11);
-    let mut partial = 0;
+    let mut mid_batch = 0;
     for round in 0..10 {
         if round > 0 {
             // The log grows between kills, so each restart has catching up to do.
@@ -184,19 +259,48 @@ async fn a_daemon_killed_at_random_moments_leaves_what_a_rebuild_builds() {
             )
             .await;
         }
+        // Every other round the kill lands at a random point in time, wherever the daemon
+        // is; the others hold it mid-batch, after a random number of committed batches.
+        let gated = round % 2 == 0;
+        let gate = if gated {
+            Some(Gate::close(&db).await)
+        } else {
+            None
+        };
         let mut child = daemon(&db, &["--batch-size", "25"]);
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(100..700))).await;
-        child.start_kill().unwrap();
-        child.wait().await.unwrap();
-        let stats = projection::stats(&store, &[&ShopProjection]).await.unwrap();
-        assert_eq!(
-            stats.projections[0].owner, None,
-            "a killed daemon owns nothing"
-        );
+        if let Some(mut gate) = gate {
+            for _ in 0..rng.gen_range(0..6) {
+                Gate::daemon_waits(&db.pool).await;
+                gate.step().await;
+            }
+            Gate::daemon_waits(&db.pool).await;
+            child.start_kill().unwrap();
+            child.wait().await.unwrap();
+            gate.open().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..700))).await;
+            child.start_kill().unwrap();
+            child.wait().await.unwrap();
+        }
+        // The server notices the killed process's sessions go; with them go its locks.
+        eventually(
+            PATIENCE,
+            "the killed daemon's sessions are gone",
+            || async { daemon_sessions(&db.pool, false).await == 0 },
+        )
+        .await;
+        let stats = projection::status(&store, &[&ShopProjection])
+            .await
+            .unwrap();
+        assert_eq!(stats[0].owner, None, "a killed daemon owns nothing");
         let at = checkpoint(&db.pool, "shop").await;
         let head = head(&db.pool).await;
-        if at.position > 0 && at.position < head {
-            partial += 1;
+        if gated {
+            assert!(
+                at.position < head,
+                "the daemon was killed with its catch-up unfinished"
+            );
+            mid_batch += 1;
         }
         // Each event through the checkpoint was applied exactly once, and the tables are
         // what a replay through that position builds.
@@ -204,20 +308,15 @@ async fn a_daemon_killed_at_random_moments_leaves_what_a_rebuild_builds() {
         replay_through(&store, "rebuilt", at.position).await;
         assert_same_tables(&db.pool, "shop", "rebuilt").await;
     }
-    assert!(
-        partial >= 3,
-        "only {partial} of 10 kills landed mid catch-up"
-    );
+    assert_eq!(mid_batch, 5);
 
     let child = daemon(&db, &["--batch-size", "500", "--owner", "last"]);
-    eventually(
-        Duration::from_secs(30),
-        "the last daemon runs the projection",
-        || async {
-            let stats = projection::stats(&store, &[&ShopProjection]).await.unwrap();
-            stats.projections[0].owner.as_deref() == Some("last")
-        },
-    )
+    eventually(PATIENCE, "the last daemon runs the projection", || async {
+        let stats = projection::status(&store, &[&ShopProjection])
+            .await
+            .unwrap();
+        stats[0].owner.as_deref() == Some("last")
+    })
     .await;
     caught_up(&db.pool).await;
     terminate(&child);
@@ -257,11 +356,9 @@ async fn of_two_daemons_one_runs_the_projection_and_the_other_takes_over_when_it
         ("a", daemon(&db, &args("a"))),
         ("b", daemon(&db, &args("b"))),
     ];
-    eventually(
-        Duration::from_secs(30),
-        "a daemon owns the projection",
-        || async { checkpoint(&db.pool, "shop").await.owner.is_some() },
-    )
+    eventually(PATIENCE, "a daemon owns the projection", || async {
+        checkpoint(&db.pool, "shop").await.owner.is_some()
+    })
     .await;
     let holders: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
@@ -289,11 +386,9 @@ async fn of_two_daemons_one_runs_the_projection_and_the_other_takes_over_when_it
     child.start_kill().unwrap();
     child.wait().await.unwrap();
     let (survivor, survivor_child) = daemons.pop().unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "the other daemon took over",
-        || async { checkpoint(&db.pool, "shop").await.owner.as_deref() == Some(survivor) },
-    )
+    eventually(PATIENCE, "the other daemon took over", || async {
+        checkpoint(&db.pool, "shop").await.owner.as_deref() == Some(survivor)
+    })
     .await;
     assert_ne!(killed, survivor);
     assert!(writer.wait_with_output().await.unwrap().status.success());
@@ -550,25 +645,16 @@ async fn a_failing_event_stops_its_projection_visibly_until_fixed() {
     );
     let projections: [&dyn Projection; 2] = [&Audit, &ShopProjection];
     eventually(
-        Duration::from_secs(30),
+        PATIENCE,
         "both projections report their failure",
         || async {
-            let stats = projection::stats(&store, &projections).await.unwrap();
-            stats
-                .projections
-                .iter()
-                .filter(|p| p.failure.is_some())
-                .count()
-                == 2
+            let stats = projection::status(&store, &projections).await.unwrap();
+            stats.iter().filter(|p| p.failure.is_some()).count() == 2
         },
     )
     .await;
-    let stats = projection::stats(&store, &projections).await.unwrap();
-    let audit = stats
-        .projections
-        .iter()
-        .find(|p| p.name == "audit")
-        .unwrap();
+    let stats = projection::status(&store, &projections).await.unwrap();
+    let audit = stats.iter().find(|p| p.name == "audit").unwrap();
     let failure = audit.failure.as_ref().unwrap();
     assert_eq!(failure.position, bad.first_position);
     assert_eq!(
@@ -602,7 +688,7 @@ async fn a_failing_event_stops_its_projection_visibly_until_fixed() {
         audited_rows, 10,
         "the events before the failing one are applied"
     );
-    let shop = stats.projections.iter().find(|p| p.name == "shop").unwrap();
+    let shop = stats.iter().find(|p| p.name == "shop").unwrap();
     let shop_failure = shop.failure.as_ref().unwrap();
     assert_eq!(shop_failure.position, malformed.first_position);
     assert!(
@@ -622,11 +708,9 @@ async fn a_failing_event_stops_its_projection_visibly_until_fixed() {
     );
 
     // Retried, still failing: the attempts are counted and nothing after it is applied.
-    eventually(
-        Duration::from_secs(30),
-        "the failing event was retried",
-        || async { checkpoint_failures(&db.pool, "audit").await >= 2 },
-    )
+    eventually(PATIENCE, "the failing event was retried", || async {
+        checkpoint_failures(&db.pool, "audit").await >= 2
+    })
     .await;
 
     // The fix: the constraint goes; the projection resumes and clears its failure.
@@ -634,19 +718,11 @@ async fn a_failing_event_stops_its_projection_visibly_until_fixed() {
         .execute(&db.pool)
         .await
         .unwrap();
-    eventually(
-        Duration::from_secs(60),
-        "the audit projection resumed",
-        || async {
-            let stats = projection::stats(&store, &projections).await.unwrap();
-            let audit = stats
-                .projections
-                .iter()
-                .find(|p| p.name == "audit")
-                .unwrap();
-            audit.failure.is_none() && audit.events_behind == 0
-        },
-    )
+    eventually(PATIENCE, "the audit projection resumed", || async {
+        let stats = projection::status(&store, &projections).await.unwrap();
+        let audit = stats.iter().find(|p| p.name == "audit").unwrap();
+        audit.failure.is_none() && audit.events_behind == 0
+    })
     .await;
     let audited_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM audit.log")
         .fetch_one(&db.pool)
@@ -659,19 +735,13 @@ async fn a_failing_event_stops_its_projection_visibly_until_fixed() {
         .append("audit-2", ExpectedVersion::NoStream, [audited(99)])
         .await
         .unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "a live append reached the table",
-        || async {
-            sqlx::query_scalar::<_, bool>(
-                "SELECT EXISTS (SELECT FROM audit.log WHERE position = $1)",
-            )
+    eventually(PATIENCE, "a live append reached the table", || async {
+        sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT FROM audit.log WHERE position = $1)")
             .bind(live.first_position as i64)
             .fetch_one(&db.pool)
             .await
             .unwrap()
-        },
-    )
+    })
     .await;
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();

@@ -10,7 +10,7 @@ use pg_eventstore_client::{
     Error, EventData, EventStore, ExpectedVersion, ReadAllOptions, RecordedEvent,
     SubscriptionOptions,
 };
-use pg_eventstore_tests::TestDb;
+use pg_eventstore_tests::{TestDb, PATIENCE};
 use uuid::Uuid;
 
 fn restart_server() {
@@ -34,11 +34,15 @@ fn restart_server() {
     assert!(status.success(), "pg_ctl restart failed");
 }
 
-/// Appends one event, retrying while the server is down.
+/// Appends one event, retrying while the server is down. The event keeps its id across the
+/// retries, so one whose reply was lost in the restart is not appended twice.
 async fn append_retrying(store: &EventStore, stream: &str) -> u64 {
+    let event = EventData::json("order-noted", serde_json::json!({})).id(Uuid::now_v7());
     loop {
-        let event = EventData::json("order-noted", serde_json::json!({})).id(Uuid::now_v7());
-        match store.append(stream, ExpectedVersion::Any, [event]).await {
+        match store
+            .append(stream, ExpectedVersion::Any, [event.clone()])
+            .await
+        {
             Ok(result) => return result.last_position,
             Err(Error::Connection(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
             Err(error) => panic!("{error}"),
@@ -69,7 +73,7 @@ async fn a_live_subscription_survives_a_server_restart_without_loss_or_repeats()
     for n in 0..30 {
         append_retrying(&store, &format!("order-{}", n % 3)).await;
     }
-    let waited = tokio::time::timeout(Duration::from_secs(120), async {
+    let waited = tokio::time::timeout(PATIENCE, async {
         while received.lock().unwrap().len() < 60 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -80,7 +84,16 @@ async fn a_live_subscription_survives_a_server_restart_without_loss_or_repeats()
         "received {} of 60",
         received.lock().unwrap().len()
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One more, appended after all the others: once it has arrived, everything before it
+    // has, and any repeat would have come before it.
+    let last = append_retrying(&store, "order-sentinel").await;
+    let waited = tokio::time::timeout(PATIENCE, async {
+        while !received.lock().unwrap().iter().any(|e| e.position == last) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the last event did not arrive");
     reader.abort();
 
     let log: Vec<u64> = store
@@ -89,7 +102,7 @@ async fn a_live_subscription_survives_a_server_restart_without_loss_or_repeats()
         .try_collect()
         .await
         .unwrap();
-    assert_eq!(log.len(), 60);
+    assert_eq!(log.len(), 61);
     let got: Vec<u64> = received
         .lock()
         .unwrap()

@@ -10,7 +10,7 @@ use pg_eventstore_client::{
     EventData, EventStore, ExpectedVersion, ReadAllOptions, RecordedEvent, Subscription,
     SubscriptionOptions,
 };
-use pg_eventstore_tests::TestDb;
+use pg_eventstore_tests::{eventually, TestDb, PATIENCE};
 use rand::Rng;
 use sqlx::postgres::PgListener;
 use sqlx::Acquire;
@@ -18,8 +18,6 @@ use uuid::Uuid;
 
 /// Long enough that only wake-ups, not the timer, can explain prompt delivery.
 const NO_POLLING: Duration = Duration::from_secs(3600);
-/// Generous bound for a test that would otherwise hang on a bug.
-const PATIENCE: Duration = Duration::from_secs(120);
 
 fn event(event_type: &str, id: Uuid) -> EventData {
     EventData::json(event_type, serde_json::json!({ "id": id })).id(id)
@@ -65,6 +63,45 @@ async fn whole_log(store: &EventStore) -> Vec<RecordedEvent> {
 
 fn positions(events: &[RecordedEvent]) -> Vec<u64> {
     events.iter().map(|e| e.position).collect()
+}
+
+/// Appends `sentinel` to `stream` once everything else is written, and waits until
+/// `received` holds it. A subscription delivers in log order, and the sentinel's
+/// transaction is younger than every earlier one, so everything before it has arrived by
+/// then: the events before it are all there is to check, with no time given for extras.
+/// Returns them, after checking that nothing was delivered out of order (a repeat would be).
+async fn up_to_sentinel(
+    store: &EventStore,
+    received: &Mutex<Vec<RecordedEvent>>,
+    stream: &str,
+    sentinel: EventData,
+) -> Vec<RecordedEvent> {
+    let appended = store
+        .append(stream, ExpectedVersion::Any, [sentinel])
+        .await
+        .unwrap();
+    let waited = tokio::time::timeout(PATIENCE, async {
+        while !received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.position == appended.last_position)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the sentinel did not arrive");
+    let mut events = received.lock().unwrap().clone();
+    assert!(
+        events.windows(2).all(|w| w[0].position < w[1].position),
+        "delivered in log order, nothing twice"
+    );
+    assert_eq!(
+        events.pop().map(|e| e.position),
+        Some(appended.last_position)
+    );
+    events
 }
 
 #[tokio::test]
@@ -179,11 +216,14 @@ async fn a_subscriber_following_eight_writers_with_rollbacks_gets_exactly_the_co
     let committed = committed.lock().unwrap().clone();
     assert!(committed.len() > 300, "{} committed", committed.len());
     wait_for(&received, committed.len()).await;
-    // Anything extra would arrive right behind; give it the chance.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let received = up_to_sentinel(
+        &store,
+        &received,
+        "order-sentinel",
+        event("order-noted", Uuid::now_v7()),
+    )
+    .await;
     reader.abort();
-
-    let received = received.lock().unwrap().clone();
     let ids: Vec<Uuid> = received.iter().map(|e| e.id).collect();
     assert_eq!(
         ids.len(),
@@ -191,7 +231,9 @@ async fn a_subscriber_following_eight_writers_with_rollbacks_gets_exactly_the_co
         "nothing extra, nothing repeated"
     );
     assert_eq!(ids.iter().copied().collect::<HashSet<_>>(), committed);
-    assert_eq!(positions(&received), positions(&whole_log(&store).await));
+    let mut log = whole_log(&store).await;
+    log.pop();
+    assert_eq!(positions(&received), positions(&log));
     db.drop_database().await;
 }
 
@@ -273,12 +315,35 @@ async fn category_stream_and_type_subscriptions_catch_up_then_go_live() {
     wait_for(&paid, 11).await;
     wait_for(&order_1, 4).await;
     wait_for(&users, 21).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let paid = up_to_sentinel(
+        &store,
+        &paid,
+        "order-sentinel",
+        event("order-paid", Uuid::now_v7()),
+    )
+    .await;
+    let order_1 = Mutex::new(
+        up_to_sentinel(
+            &store,
+            &order_1,
+            "order-1",
+            event("order-noted", Uuid::now_v7()),
+        )
+        .await,
+    );
+    let users = Mutex::new(
+        up_to_sentinel(
+            &store,
+            &users,
+            "user-sentinel",
+            event("user-created", Uuid::now_v7()),
+        )
+        .await,
+    );
     for task in [paid_task, order_1_task, users_task] {
         task.abort();
     }
 
-    let paid = paid.lock().unwrap().clone();
     assert_eq!(paid.len(), 11);
     assert!(paid
         .iter()
@@ -296,6 +361,15 @@ async fn category_stream_and_type_subscriptions_catch_up_then_go_live() {
 async fn a_subscription_resumes_exactly_after_its_connections_are_killed() {
     let db = TestDb::new(8).await;
     let subscriber_pool = db.pool_named("es-test-subscriber", 3).await;
+    let subscriber_sessions = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'es-test-subscriber'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
     let subscriber = EventStore::from_pool(subscriber_pool);
     let (received, reader) = collect(
         subscriber.subscribe_to_all(
@@ -321,6 +395,11 @@ async fn a_subscription_resumes_exactly_after_its_connections_are_killed() {
             .unwrap();
         appended += 5;
         if round % 8 == 3 {
+            // Once the subscriber is connected again (its listener reconnects by itself).
+            eventually(PATIENCE, "the subscriber is connected", || async {
+                subscriber_sessions().await > 0
+            })
+            .await;
             killed += db.terminate("es-test-subscriber").await;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -330,9 +409,16 @@ async fn a_subscription_resumes_exactly_after_its_connections_are_killed() {
         "the listener and reader connections were killed ({killed})"
     );
     wait_for(&received, appended).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let received = up_to_sentinel(
+        &writer,
+        &received,
+        "order-sentinel",
+        event("order-noted", Uuid::now_v7()),
+    )
+    .await;
     reader.abort();
-    let received = received.lock().unwrap().clone();
-    assert_eq!(positions(&received), positions(&whole_log(&writer).await));
+    let mut log = whole_log(&writer).await;
+    log.pop();
+    assert_eq!(positions(&received), positions(&log));
     db.drop_database().await;
 }

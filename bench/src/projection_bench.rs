@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pg_eventstore_client::projection::{self, Daemon, DaemonOptions, ShopProjection};
+use pg_eventstore_client::projection::{self, Daemon, DaemonOptions};
 use pg_eventstore_client::{EventData, EventStore, ExpectedVersion};
+use pg_eventstore_shop::ShopProjection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
@@ -32,7 +33,7 @@ async fn database(admin: &PgPool, options: &PgConnectOptions) -> EventStore {
         .await
         .expect("connect");
     let store = EventStore::from_pool(pool);
-    store.migrate().await.expect("migrate");
+    pg_eventstore_shop::migrate(&store).await.expect("migrate");
     store
 }
 

@@ -71,13 +71,34 @@ pub enum Error {
     /// Applying the migrations failed.
     #[error("migration failed: {0}")]
     Migration(#[source] refinery_core::Error),
+    /// The server could not be reached at all (nothing listening, no route, refused
+    /// credentials at connect): the first connection of [`crate::EventStore::connect`].
+    #[error("cannot connect to {server}: {source}")]
+    Unreachable {
+        /// `host:port` (or the socket) connected to.
+        server: String,
+        /// What the connection attempt reported.
+        #[source]
+        source: sqlx::Error,
+    },
     /// A persistent subscription group of that name exists already (SQLSTATE 23505 from
     /// `eventstore.create_group`).
     #[error("subscription group {0:?} already exists")]
     GroupExists(String),
+    /// There is no persistent subscription group of that name.
+    #[error("subscription group {0:?} does not exist")]
+    GroupNotFound(String),
     /// A projection is stopped at an event it cannot apply.
     #[error("{0}")]
     Projection(Box<crate::projection::ProjectionFailure>),
+    /// Application code the client ran (a projection's `apply`) failed with an error of its
+    /// own kind.
+    #[error("{0}")]
+    Application(Box<dyn std::error::Error + Send + Sync>),
+    /// A task the client started (a group worker, a generator's writer) panicked or was
+    /// cancelled.
+    #[error("task failed: {0}")]
+    TaskFailed(String),
 }
 
 fn describe_version(version: Option<u64>) -> String {
@@ -90,7 +111,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Connection(_) | Error::TransactionConflict { .. }
+            Error::Connection(_) | Error::Unreachable { .. } | Error::TransactionConflict { .. }
         )
     }
 
@@ -101,8 +122,9 @@ impl Error {
             Error::TransactionConflict { code, .. } => Some(code.clone()),
             Error::InvalidEvent { .. } => Some("22023".to_owned()),
             Error::DuplicateEventId { .. } | Error::GroupExists(_) => Some("23505".to_owned()),
+            Error::GroupNotFound(_) => Some("42704".to_owned()),
             Error::LimitExceeded { .. } => Some("54000".to_owned()),
-            Error::Connection(e) | Error::Database(e) => e
+            Error::Connection(e) | Error::Database(e) | Error::Unreachable { source: e, .. } => e
                 .as_database_error()
                 .and_then(|db| db.code())
                 .map(|code| code.into_owned()),

@@ -1,5 +1,7 @@
-//! Rust client for [pg_eventstore](https://example.invalid/pg_eventstore): an event store
-//! inside PostgreSQL.
+//! Rust client for pg_eventstore, an event store inside PostgreSQL: typed appends with
+//! optimistic concurrency, paged reads of streams and of the global log, subscriptions woken
+//! by `LISTEN eventstore`, competing consumers on persistent subscription groups, and a
+//! projection framework ([`projection`]).
 //!
 //! # Quick start
 //!
@@ -17,7 +19,7 @@
 //!
 //! # async fn run() -> Result<(), pg_eventstore_client::Error> {
 //! let store = EventStore::connect("postgres://postgres@127.0.0.1:5432/shop").await?;
-//! store.migrate().await?; // CREATE EXTENSION pg_eventstore, then the read models
+//! store.migrate().await?; // CREATE EXTENSION pg_eventstore, and the projection checkpoints
 //!
 //! let created = UserCreated { username: "ada".into(), full_name: "Ada Lovelace".into() };
 //! store
@@ -69,8 +71,9 @@
 //!
 //! # Transactions
 //!
-//! Every operation also runs on the caller's connection or transaction (the `*_in`
-//! functions), so events and other writes commit together:
+//! Appends, reads and the consumer's group calls (fetch, ack, nack, park) also run on the
+//! caller's connection or transaction (the `*_in` functions), so events, acks and other
+//! writes commit together:
 //!
 //! ```no_run
 //! # use pg_eventstore_client::{EventData, EventStore, ExpectedVersion};
@@ -89,9 +92,11 @@ mod error;
 mod event;
 mod expected_version;
 mod group;
+mod health;
 mod migrations;
 pub mod projection;
 mod read;
+mod retry;
 mod store;
 mod subscription;
 
@@ -102,7 +107,20 @@ pub use group::{
     ConsumerOptions, ConsumerStats, GroupConsumer, GroupEvent, GroupInfo, GroupSettings,
     HandlerError, ParkedEvent, StatsHandle,
 };
-pub use migrations::AppliedMigration;
+pub use health::{Health, InFlightTransaction};
+pub use migrations::{AppliedMigration, HISTORY_TABLE};
 pub use read::{EventStream, ReadAllOptions, ReadStreamOptions, MAX_PAGE_SIZE};
 pub use store::EventStore;
 pub use subscription::{Subscription, SubscriptionOptions, CHANNEL};
+
+/// How this process names itself where a name is needed and none is given (a projection's
+/// owner, a group's consumers): `host:pid`.
+pub(crate) fn process_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|host| host.trim().to_owned())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}", std::process::id())
+}

@@ -1,4 +1,7 @@
-//! The refinery migrations in `migrations/`, run over a sqlx connection.
+//! Refinery migrations run over a sqlx connection: the store's own set
+//! (`migrations/eventstore`: the extension and the projection checkpoints), and any other set
+//! an application embeds with `refinery::embed_migrations!` (the shop's read models, say),
+//! each with a history table of its own.
 //!
 //! refinery has no sqlx driver, so [`MigrationConnection`] implements its async traits on a
 //! sqlx `PgConnection`: each migration runs in its own transaction, together with its row in
@@ -12,14 +15,25 @@ use time::OffsetDateTime;
 
 use crate::{Error, Result};
 
-refinery::embed_migrations!("../migrations");
+refinery::embed_migrations!("../migrations/eventstore");
 
-/// The history table, named apart from refinery's default so an application's own refinery
-/// migrations in the same database keep theirs.
-pub(crate) const HISTORY_TABLE: &str = "eventstore_schema_history";
+/// The store's history table, named apart from refinery's default so an application's own
+/// refinery migrations in the same database keep theirs.
+pub const HISTORY_TABLE: &str = "eventstore_schema_history";
 
-/// Key of the advisory lock that makes concurrent `migrate()` calls take turns.
+/// Key of the advisory lock that makes concurrent migration runs (of any set) take turns.
 const MIGRATION_LOCK: i64 = 0x4553_4d49_4752_4154; // "ESMIGRAT"
+
+/// Release 0.2.0's store set had a V2 that created the shop read models too. They moved to
+/// the shop crate's own set (whose V1 adopts the existing tables) and the checkpoints to V4
+/// here, so that row is dropped from the history before the store's set runs: refinery would
+/// otherwise refuse a history naming a migration it does not have.
+const MOVED_MIGRATION: (i32, &str) = (2, "shop_read_models");
+
+/// The store's own migrations, for [`crate::EventStore::migrate`].
+pub(crate) fn store_runner() -> refinery::Runner {
+    migrations::runner()
+}
 
 /// A migration applied by [`crate::EventStore::migrate`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,22 +100,41 @@ impl AsyncQuery<Vec<Migration>> for MigrationConnection<'_> {
 
 impl AsyncMigrate for MigrationConnection<'_> {}
 
-/// Applies the embedded migrations not yet applied, one transaction each, holding an advisory
-/// lock so concurrent callers take turns.
-pub(crate) async fn run(connection: &mut PgConnection) -> Result<Vec<AppliedMigration>> {
+/// Whether `name` can be a history table: refinery writes it into its SQL unquoted.
+fn check_table_name(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let plain = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 63;
+    if plain {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "migration history table {name:?} must be a lower-case SQL identifier"
+        )))
+    }
+}
+
+/// Applies the migrations of `runner` not yet recorded in `history_table`, one transaction
+/// each, holding an advisory lock so concurrent callers take turns.
+pub(crate) async fn run(
+    connection: &mut PgConnection,
+    runner: refinery::Runner,
+    history_table: &str,
+) -> Result<Vec<AppliedMigration>> {
+    check_table_name(history_table)?;
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(MIGRATION_LOCK)
         .execute(&mut *connection)
         .await?;
-    let report = migrations::runner()
-        .set_migration_table_name(HISTORY_TABLE)
-        .run_async(&mut MigrationConnection(&mut *connection))
-        .await;
+    let report = run_locked(connection, runner, history_table).await;
     let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(MIGRATION_LOCK)
         .execute(&mut *connection)
         .await;
-    let report = report.map_err(Error::Migration)?;
+    let report = report?;
     unlocked?;
     Ok(report
         .applied_migrations()
@@ -111,4 +144,37 @@ pub(crate) async fn run(connection: &mut PgConnection) -> Result<Vec<AppliedMigr
             name: m.name().to_owned(),
         })
         .collect())
+}
+
+async fn run_locked(
+    connection: &mut PgConnection,
+    runner: refinery::Runner,
+    history_table: &str,
+) -> Result<refinery::Report> {
+    if history_table == HISTORY_TABLE {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(HISTORY_TABLE)
+            .fetch_one(&mut *connection)
+            .await?;
+        if exists {
+            let removed = sqlx::query(&format!(
+                "DELETE FROM {HISTORY_TABLE} WHERE version = $1 AND name = $2"
+            ))
+            .bind(MOVED_MIGRATION.0)
+            .bind(MOVED_MIGRATION.1)
+            .execute(&mut *connection)
+            .await?;
+            if removed.rows_affected() > 0 {
+                tracing::info!(
+                    "{HISTORY_TABLE}: V2__shop_read_models of release 0.2.0 moved to the shop's own migrations"
+                );
+            }
+        }
+    }
+    let mut runner = runner;
+    runner
+        .set_migration_table_name(history_table)
+        .run_async(&mut MigrationConnection(&mut *connection))
+        .await
+        .map_err(Error::Migration)
 }

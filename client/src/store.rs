@@ -1,6 +1,8 @@
 //! [`EventStore`]: appends and reads on a pool, or in the caller's transaction.
 
-use sqlx::postgres::PgPoolOptions;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgExecutor, PgPool, Row};
 
 use crate::read::{paged, Cursor, Source};
@@ -22,12 +24,28 @@ pub struct EventStore {
 
 impl EventStore {
     /// Connects a pool of up to 10 connections to `url`
-    /// (`postgres://user@host:port/database`).
+    /// (`postgres://user@host:port/database`). The first connection is made at once, so a
+    /// server that cannot be reached is [`Error::Unreachable`] right away.
     pub async fn connect(url: &str) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url).map_err(|error| {
+            Error::InvalidArgument(format!("{url:?} is not a PostgreSQL URL: {error}"))
+        })?;
+        let first = PgConnection::connect_with(&options)
+            .await
+            .map_err(|source| {
+                match source.as_database_error().and_then(|db| db.code()) {
+                    // The server answered: its refusal tells what is wrong.
+                    Some(_) => Error::from(source),
+                    None => Error::Unreachable {
+                        server: server_of(&options),
+                        source,
+                    },
+                }
+            })?;
+        let _ = first.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(10)
-            .connect(url)
-            .await?;
+            .connect_lazy_with(options);
         Ok(Self::from_pool(pool))
     }
 
@@ -44,14 +62,29 @@ impl EventStore {
         &self.pool
     }
 
-    /// Applies the migrations in `migrations/` not yet applied to this database (the first
-    /// creates the extension), each in its own transaction, and returns those it applied.
-    /// Concurrent callers take turns on an advisory lock.
+    /// Applies the store's migrations (`migrations/eventstore`: the extension and the
+    /// projection checkpoints) not yet applied to this database, each in its own
+    /// transaction, and returns those it applied. Concurrent callers take turns on an
+    /// advisory lock. It creates nothing else: read models come with their own sets
+    /// ([`EventStore::migrate_set`]).
     pub async fn migrate(&self) -> Result<Vec<AppliedMigration>> {
+        self.migrate_set(migrations::store_runner(), migrations::HISTORY_TABLE)
+            .await
+    }
+
+    /// Applies another set of refinery migrations (an application's read models, embedded
+    /// with `refinery::embed_migrations!`), recording them in `history_table`, a lower-case
+    /// SQL identifier of the set's own: two sets never share one. Same locking and
+    /// transactions as [`EventStore::migrate`].
+    pub async fn migrate_set(
+        &self,
+        runner: refinery::Runner,
+        history_table: &str,
+    ) -> Result<Vec<AppliedMigration>> {
         // A connection of its own, so the session-level lock cannot outlive a cancelled call
         // inside the pool.
         let mut connection = PgConnection::connect_with(&self.pool.connect_options()).await?;
-        let applied = migrations::run(&mut connection).await;
+        let applied = migrations::run(&mut connection, runner, history_table).await;
         let _ = connection.close().await;
         applied
     }
@@ -283,4 +316,12 @@ fn read_category<'c>(
         options.page_size,
         options.limit,
     )
+}
+
+/// `host:port`, or the socket folder, of `options`.
+fn server_of(options: &PgConnectOptions) -> String {
+    match options.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    }
 }

@@ -22,13 +22,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::read::{check_page_size, read_all_with_head, Cursor, Source};
+use crate::retry::{wait_for_events, Backoff, Woken};
 use crate::{EventStream, RecordedEvent, Result};
 
 /// The channel appends wake subscribers on.
 pub const CHANNEL: &str = "eventstore";
 
-const FIRST_RETRY: Duration = Duration::from_millis(50);
-const LAST_RETRY: Duration = Duration::from_secs(5);
 const FIRST_RECHECK: Duration = Duration::from_millis(2);
 
 /// Where a subscription starts and what it delivers.
@@ -158,26 +157,24 @@ fn wake(hints: &watch::Sender<Hint>, head: Option<u64>) {
 
 /// Keeps a `LISTEN eventstore` connection up and folds what it hears into `hints`.
 async fn listen(pool: PgPool, hints: watch::Sender<Hint>) {
-    let mut retry = FIRST_RETRY;
+    let mut backoff = Backoff::TRANSIENT;
     while !hints.is_closed() {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(listener) => listener,
             Err(error) => {
                 tracing::warn!(%error, "subscription listener cannot connect; retrying");
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(LAST_RETRY);
+                tokio::time::sleep(backoff.next_wait()).await;
                 continue;
             }
         };
         if let Err(error) = listener.listen(CHANNEL).await {
             tracing::warn!(%error, "LISTEN {CHANNEL} failed; retrying");
-            tokio::time::sleep(retry).await;
-            retry = (retry * 2).min(LAST_RETRY);
+            tokio::time::sleep(backoff.next_wait()).await;
             continue;
         }
         // Listening (again): whatever was missed meanwhile is caught up by re-reading.
         wake(&hints, None);
-        retry = FIRST_RETRY;
+        backoff.reset();
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => wake(&hints, notification.payload().parse().ok()),
@@ -301,7 +298,7 @@ impl Follow {
             self.failed = true;
             return Some(Err(error));
         }
-        let mut retry = FIRST_RETRY;
+        let mut backoff = Backoff::TRANSIENT;
         loop {
             if let Some(event) = self.buffer.pop_front() {
                 return Some(Ok(event));
@@ -312,14 +309,14 @@ impl Follow {
             match self.fetch().await {
                 Ok(0) => {}
                 Ok(_) => {
-                    retry = FIRST_RETRY;
+                    backoff.reset();
                     self.recheck = None;
                     continue;
                 }
                 Err(error) if error.is_transient() => {
-                    tracing::warn!(%error, ?retry, "subscription read failed; retrying");
-                    tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(LAST_RETRY);
+                    let wait = backoff.next_wait();
+                    tracing::warn!(%error, ?wait, "subscription read failed; retrying");
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
                 Err(error) => {
@@ -350,27 +347,9 @@ impl Follow {
                 self.poll_interval
             }
         };
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            tokio::select! {
-                changed = self.hints.changed() => {
-                    if changed.is_err() {
-                        // The listener is gone (runtime shutting down): poll only.
-                        tokio::time::sleep_until(deadline).await;
-                        return;
-                    }
-                    let hint = *self.hints.borrow();
-                    match (hint.head, self.checkpoint()) {
-                        // Everything up to the head was read already.
-                        (Some(head), Some(checkpoint)) if head <= checkpoint => continue,
-                        _ => {
-                            self.recheck = None;
-                            return;
-                        }
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => return,
-            }
+        let checkpoint = self.checkpoint();
+        if wait_for_events(&mut self.hints, checkpoint, timeout, None).await == Woken::Hint {
+            self.recheck = None;
         }
     }
 

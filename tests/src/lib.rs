@@ -162,6 +162,10 @@ impl TestDb {
     }
 }
 
+/// How long a test waits for a condition before it fails: generous for a loaded 2-core
+/// machine, since a condition that holds is met long before it.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Waits until `what` holds, or fails the test after `limit`.
 pub async fn eventually<F, Fut>(limit: std::time::Duration, description: &str, mut what: F)
 where
@@ -182,19 +186,15 @@ where
 /// Transaction ids are cluster-wide, so a transaction open in another test's database holds
 /// back this one's log while it runs; a test that expects to read all it appended waits here.
 pub async fn settled(pool: &PgPool) {
-    eventually(
-        std::time::Duration::from_secs(60),
-        "every committed event is readable",
-        || async {
-            sqlx::query_scalar::<_, bool>(
-                "SELECT eventstore.head_position() = coalesce(max(position), 0) \
+    eventually(PATIENCE, "every committed event is readable", || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT eventstore.head_position() = coalesce(max(position), 0) \
                  FROM eventstore.events",
-            )
-            .fetch_one(pool)
-            .await
-            .unwrap()
-        },
-    )
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    })
     .await;
 }
 
@@ -249,7 +249,7 @@ pub fn eventstore_bin() -> std::path::PathBuf {
     );
     assert!(
         path.exists(),
-        "{} is missing: build it with cargo build -p pg_eventstore_client --bin eventstore",
+        "{} is missing: build it with cargo build -p pg_eventstore_cli --bin eventstore",
         path.display()
     );
     path

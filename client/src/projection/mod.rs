@@ -10,25 +10,23 @@
 //! projection makes one of them its runner, and when that one dies, its lock goes with its
 //! connection and another daemon takes over. [`rebuild`] empties a projection's tables and
 //! replays the log from zero; [`replay`] builds the tables as they were at a position or a
-//! time into a separate schema, leaving the live ones alone. [`stats`] reports positions,
-//! lag, failures and the oldest transaction that holds events back.
+//! time into a separate schema, leaving the live ones alone. [`status`] reports each one's
+//! position, backlog, lag, owner and failure.
 
-mod admin;
+mod batch;
+mod rebuild;
 mod runner;
-mod shop;
+mod status;
 
 use futures_util::future::BoxFuture;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Row};
 
 use crate::error::sqlx_is_transient;
 use crate::{Error, RecordedEvent, Result};
 
-pub use admin::{
-    rebuild, replay, stats, InFlightTransaction, Progress, ProjectionStats, ReplayReport,
-    ReplayUntil, Stats,
-};
+pub use rebuild::{rebuild, replay, Progress, ReplayReport, ReplayUntil};
 pub use runner::{Daemon, DaemonOptions};
-pub use shop::{ShopProjection, SHOP_EVENT_TYPES};
+pub use status::{status, ProjectionStats};
 
 /// Why applying a batch failed: whatever the projection's code returns.
 pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
@@ -118,8 +116,9 @@ impl std::fmt::Display for ProjectionFailure {
     }
 }
 
-/// `"name"` as an SQL identifier, quoted.
-pub(crate) fn quote_ident(name: &str) -> String {
+/// `name` as a quoted SQL identifier, for the schema a projection's [`Projection::apply`]
+/// is given (a replay's schema is the user's choice).
+pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -146,3 +145,40 @@ pub(crate) async fn ensure_checkpoint(connection: &mut PgConnection, name: &str)
 
 /// The advisory lock key that makes one session the runner of projection `name`.
 pub(crate) const LOCK_KEY_SQL: &str = "hashtextextended('pg_eventstore projection ' || $1, 0)";
+
+pub(crate) fn to_i64(position: u64) -> i64 {
+    i64::try_from(position).expect("positions come from bigint columns")
+}
+
+pub(crate) fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or_default()
+}
+
+/// The failure recorded in a checkpoint row, if any.
+pub(crate) fn failure_of(
+    name: &str,
+    row: &sqlx::postgres::PgRow,
+) -> Result<Option<ProjectionFailure>> {
+    let position: Option<i64> = row.try_get("failed_position")?;
+    let Some(position) = position else {
+        return Ok(None);
+    };
+    let version: Option<i64> = row.try_get("failed_version")?;
+    Ok(Some(ProjectionFailure {
+        projection: name.to_owned(),
+        position: to_u64(position),
+        stream: row
+            .try_get::<Option<String>, _>("failed_stream")?
+            .unwrap_or_default(),
+        version: version.map_or(0, to_u64),
+        event_type: row
+            .try_get::<Option<String>, _>("failed_type")?
+            .unwrap_or_default(),
+        event_id: row
+            .try_get::<Option<uuid::Uuid>, _>("failed_event_id")?
+            .unwrap_or_default(),
+        message: row
+            .try_get::<Option<String>, _>("error")?
+            .unwrap_or_default(),
+    }))
+}

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio::sync::watch;
 
-use super::{
-    ensure_checkpoint, transient, ApplyError, Projection, ProjectionFailure, LOCK_KEY_SQL,
-};
+use super::batch::{apply_or_locate, Applied, Attempt, BatchTarget};
+use super::{ensure_checkpoint, to_i64, ApplyError, Projection, ProjectionFailure, LOCK_KEY_SQL};
 use crate::read::{check_page_size, read_all_with_head};
+use crate::retry::{sleep_or_stop, wait_for_events, Backoff};
 use crate::subscription::Hint;
 use crate::{Error, EventStore, RecordedEvent, Result};
 
@@ -20,9 +20,6 @@ use crate::{Error, EventStore, RecordedEvent, Result};
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Longest wait between retries of an event that fails.
 const LAST_FAILURE_RETRY: Duration = Duration::from_secs(60);
-/// Backoff after lost connections.
-const FIRST_RETRY: Duration = Duration::from_millis(100);
-const LAST_RETRY: Duration = Duration::from_secs(5);
 /// How often a catching-up runner logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -38,15 +35,12 @@ pub struct DaemonOptions {
 
 impl Default for DaemonOptions {
     fn default() -> Self {
-        let host = std::fs::read_to_string("/etc/hostname")
-            .map(|name| name.trim().to_owned())
-            .unwrap_or_else(|_| "localhost".to_owned());
         DaemonOptions {
             batch_size: 5_000,
             takeover_interval: Duration::from_secs(2),
             poll_interval: Duration::from_secs(1),
             retry_interval: Duration::from_secs(5),
-            owner: format!("{host}:{}", std::process::id()),
+            owner: crate::process_name(),
         }
     }
 }
@@ -183,7 +177,7 @@ async fn supervise(
     mut stop: watch::Receiver<bool>,
 ) {
     let name = projection.name().to_owned();
-    let mut retry = FIRST_RETRY;
+    let mut backoff = Backoff::TRANSIENT;
     let mut waiting_logged = false;
     loop {
         if *stop.borrow() {
@@ -196,13 +190,12 @@ async fn supervise(
                     tracing::info!(projection = %name, "another daemon runs this projection; standing by");
                     waiting_logged = true;
                 }
-                retry = FIRST_RETRY;
+                backoff.reset();
                 options.takeover_interval
             }
             Err(error) => {
-                tracing::warn!(projection = %name, %error, ?retry, "projection runner failed; retrying");
-                let wait = retry;
-                retry = (retry * 2).min(LAST_RETRY);
+                let wait = backoff.next_wait();
+                tracing::warn!(projection = %name, %error, ?wait, "projection runner failed; retrying");
                 waiting_logged = false;
                 wait
             }
@@ -210,17 +203,6 @@ async fn supervise(
         if sleep_or_stop(wait, &mut stop).await {
             return;
         }
-    }
-}
-
-/// Sleeps for `duration` unless the daemon stops first; returns whether it stops.
-pub(crate) async fn sleep_or_stop(duration: Duration, stop: &mut watch::Receiver<bool>) -> bool {
-    if *stop.borrow() {
-        return true;
-    }
-    tokio::select! {
-        () = tokio::time::sleep(duration) => *stop.borrow(),
-        _ = stop.changed() => true,
     }
 }
 
@@ -283,18 +265,6 @@ pub(crate) async fn try_lock(connection: &mut PgConnection, name: &str) -> Resul
     )
 }
 
-/// What applying a batch came to.
-pub(crate) enum Applied {
-    /// Applied, checkpoint moved.
-    Done,
-    /// Someone else moved the checkpoint (a rebuild reset it): nothing applied; here it is.
-    Moved(u64),
-    /// The events before `failure` were applied; the projection stops there.
-    Failed(Box<ProjectionFailure>),
-    /// A transient error (lost connection, conflict): nothing applied, try again.
-    Retry(ApplyError),
-}
-
 /// A projection's runner, holding its lock on `connection`.
 pub(crate) struct Runner<'a> {
     connection: &'a mut PgConnection,
@@ -339,7 +309,7 @@ impl<'a> Runner<'a> {
     ) -> Result<()> {
         let name = self.projection.name().to_owned();
         let mut failure_wait: Option<Duration> = None;
-        let mut retry = FIRST_RETRY;
+        let mut backoff = Backoff::TRANSIENT;
         let mut progress = (Instant::now(), self.stored);
         loop {
             if *stop.borrow() {
@@ -350,7 +320,7 @@ impl<'a> Runner<'a> {
             match step {
                 Step::Applied { full: true, .. } | Step::Moved => {
                     failure_wait = None;
-                    retry = FIRST_RETRY;
+                    backoff.reset();
                     if progress.0.elapsed() >= PROGRESS_EVERY {
                         tracing::info!(projection = %name, position = self.stored, "catching up");
                         progress = (Instant::now(), self.stored);
@@ -359,7 +329,7 @@ impl<'a> Runner<'a> {
                 }
                 Step::Applied { full: false, .. } | Step::Idle => {
                     failure_wait = None;
-                    retry = FIRST_RETRY;
+                    backoff.reset();
                 }
                 Step::Failed(failure) => {
                     let wait = failure_wait.map_or(options.retry_interval, |wait| {
@@ -373,15 +343,15 @@ impl<'a> Runner<'a> {
                     continue;
                 }
                 Step::Retry(error) => {
-                    tracing::warn!(projection = %name, %error, ?retry, "batch failed for a transient reason; retrying");
-                    if sleep_or_stop(retry, stop).await {
+                    let wait = backoff.next_wait();
+                    tracing::warn!(projection = %name, %error, ?wait, "batch failed for a transient reason; retrying");
+                    if sleep_or_stop(wait, stop).await {
                         return Ok(());
                     }
-                    retry = (retry * 2).min(LAST_RETRY);
                     continue;
                 }
             }
-            wait_for_events(hints, self.cursor, options.poll_interval, stop).await;
+            wait_for_events(hints, Some(self.cursor), options.poll_interval, Some(stop)).await;
         }
     }
 
@@ -421,15 +391,12 @@ impl<'a> Runner<'a> {
             return Ok(Step::Idle);
         }
         let count = events.len();
-        match apply_batch(
-            self.connection,
-            self.projection,
-            self.stored,
-            &events,
-            through,
-        )
-        .await?
-        {
+        let mut target = Checkpointed {
+            connection: &mut *self.connection,
+            projection: self.projection,
+            stored: self.stored,
+        };
+        match apply_or_locate(&mut target, self.projection, &events, through).await? {
             Applied::Done => {
                 self.stored = through;
                 self.cursor = through;
@@ -495,41 +462,6 @@ pub(crate) enum Step {
     Retry(ApplyError),
 }
 
-/// Waits for a wake-up past `cursor`, the poll interval, or the stop.
-async fn wait_for_events(
-    hints: &mut watch::Receiver<Hint>,
-    cursor: u64,
-    poll_interval: Duration,
-    stop: &mut watch::Receiver<bool>,
-) {
-    let deadline = tokio::time::Instant::now() + poll_interval;
-    loop {
-        tokio::select! {
-            changed = hints.changed() => {
-                if changed.is_err() {
-                    // No listener (the runtime is shutting down): poll only.
-                    tokio::select! {
-                        () = tokio::time::sleep_until(deadline) => {}
-                        _ = stop.changed() => {}
-                    }
-                    return;
-                }
-                let hint = *hints.borrow();
-                match hint.head {
-                    Some(head) if head <= cursor => continue,
-                    _ => return,
-                }
-            }
-            _ = stop.changed() => return,
-            () = tokio::time::sleep_until(deadline) => return,
-        }
-    }
-}
-
-pub(crate) fn to_i64(position: u64) -> i64 {
-    i64::try_from(position).expect("positions come from bigint columns")
-}
-
 pub(crate) async fn load_position(connection: &mut PgConnection, name: &str) -> Result<u64> {
     let position: Option<i64> =
         sqlx::query_scalar("SELECT position FROM projections.checkpoints WHERE name = $1")
@@ -539,97 +471,52 @@ pub(crate) async fn load_position(connection: &mut PgConnection, name: &str) -> 
     Ok(position.map_or(0, |p| u64::try_from(p).unwrap_or_default()))
 }
 
-/// Applies `events` and moves the checkpoint from `stored` to `through` in one transaction;
-/// when the batch fails, applies its events one at a time to find the one that fails.
-async fn apply_batch(
-    connection: &mut PgConnection,
-    projection: &dyn Projection,
+/// The daemon's attempts: one transaction each, the projection's writes and the checkpoint
+/// from `stored` to the attempt's end; `stored` follows each applied attempt.
+struct Checkpointed<'c> {
+    connection: &'c mut PgConnection,
+    projection: &'c dyn Projection,
     stored: u64,
-    events: &[RecordedEvent],
-    through: u64,
-) -> Result<Applied> {
-    let error = match apply_in_transaction(connection, projection, stored, events, through).await? {
-        Ok(applied) => return Ok(applied),
-        Err(error) if transient(&error) => return Ok(Applied::Retry(error)),
-        Err(error) => error,
-    };
-    if let [event] = events {
-        return Ok(Applied::Failed(ProjectionFailure::at(
-            projection, event, &error,
-        )));
-    }
-    tracing::warn!(projection = %projection.name(), %error, events = events.len(), "a batch failed; applying its events one at a time to find the one that fails");
-    let mut stored = stored;
-    for event in events {
-        match apply_in_transaction(
-            connection,
-            projection,
-            stored,
-            std::slice::from_ref(event),
-            event.position,
-        )
-        .await?
-        {
-            Ok(Applied::Done) => stored = event.position,
-            Ok(other) => return Ok(other),
-            Err(error) if transient(&error) => return Ok(Applied::Retry(error)),
-            Err(error) => {
-                return Ok(Applied::Failed(ProjectionFailure::at(
-                    projection, event, &error,
-                )))
-            }
-        }
-    }
-    // Each event applied on its own: the batch failed for a reason of its own (say, a
-    // deadlock). Move the checkpoint the rest of the way.
-    Ok(
-        match apply_in_transaction(connection, projection, stored, &[], through).await? {
-            Ok(applied) => applied,
-            Err(error) => Applied::Retry(error),
-        },
-    )
 }
 
-/// One transaction: the projection's writes, then the checkpoint from `stored` to
-/// `through`. The outer error is the database's (the connection); the inner one the
-/// projection's.
-async fn apply_in_transaction(
-    connection: &mut PgConnection,
-    projection: &dyn Projection,
-    stored: u64,
-    events: &[RecordedEvent],
-    through: u64,
-) -> Result<std::result::Result<Applied, ApplyError>> {
-    let mut tx = connection.begin().await?;
-    if !events.is_empty() {
-        if let Err(error) = projection.apply(&mut tx, projection.schema(), events).await {
-            tx.rollback().await?;
-            return Ok(Err(error));
+impl BatchTarget for Checkpointed<'_> {
+    async fn attempt(&mut self, events: &[RecordedEvent], through: u64) -> Result<Attempt> {
+        let mut tx = self.connection.begin().await?;
+        if !events.is_empty() {
+            if let Err(error) = self
+                .projection
+                .apply(&mut tx, self.projection.schema(), events)
+                .await
+            {
+                tx.rollback().await?;
+                return Ok(Attempt::Failed(error));
+            }
         }
+        // The checkpoint only moves from where this runner last left it: a rebuild that
+        // reset it meanwhile makes this update match nothing, and the batch is rolled back.
+        let updated = sqlx::query(
+            "UPDATE projections.checkpoints \
+             SET position = $3, events_applied = events_applied + $4, updated_at = now(), \
+                 failed_position = NULL, failed_stream = NULL, failed_version = NULL, \
+                 failed_type = NULL, failed_event_id = NULL, error = NULL, failed_at = NULL, \
+                 failures = 0 \
+             WHERE name = $1 AND position = $2",
+        )
+        .bind(self.projection.name())
+        .bind(to_i64(self.stored))
+        .bind(to_i64(through))
+        .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            tx.rollback().await?;
+            let position = load_position(self.connection, self.projection.name()).await?;
+            return Ok(Attempt::Moved(position));
+        }
+        tx.commit().await?;
+        self.stored = through;
+        Ok(Attempt::Applied)
     }
-    // The checkpoint only moves from where this runner last left it: a rebuild that reset it
-    // meanwhile makes this update match nothing, and the batch is rolled back.
-    let updated = sqlx::query(
-        "UPDATE projections.checkpoints \
-         SET position = $3, events_applied = events_applied + $4, updated_at = now(), \
-             failed_position = NULL, failed_stream = NULL, failed_version = NULL, \
-             failed_type = NULL, failed_event_id = NULL, error = NULL, failed_at = NULL, \
-             failures = 0 \
-         WHERE name = $1 AND position = $2",
-    )
-    .bind(projection.name())
-    .bind(to_i64(stored))
-    .bind(to_i64(through))
-    .bind(events.len() as i64)
-    .execute(&mut *tx)
-    .await?;
-    if updated.rows_affected() == 0 {
-        tx.rollback().await?;
-        let position = load_position(connection, projection.name()).await?;
-        return Ok(Ok(Applied::Moved(position)));
-    }
-    tx.commit().await?;
-    Ok(Ok(Applied::Done))
 }
 
 async fn record_failure(connection: &mut PgConnection, failure: &ProjectionFailure) -> Result<()> {

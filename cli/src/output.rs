@@ -1,11 +1,12 @@
 //! How the command prints events and stats.
 
-use pg_eventstore_client::projection::Stats;
-use pg_eventstore_client::RecordedEvent;
-use serde_json::json;
+use pg_eventstore_client::projection::ProjectionStats;
+use pg_eventstore_client::{GroupInfo, Health, ParkedEvent, RecordedEvent};
+use serde_json::{json, Value};
 
 use crate::Format;
 
+/// Prints one event in `format`.
 pub fn print_event(event: &RecordedEvent, format: Format) {
     match format {
         Format::Text => println!(
@@ -37,7 +38,8 @@ fn seconds(duration: std::time::Duration) -> String {
     format!("{:.3} s", duration.as_secs_f64())
 }
 
-pub fn stats_text(stats: &Stats) -> String {
+/// `eventstore stats` for people.
+pub fn stats_text(stats: &Health, projections: &[ProjectionStats], groups: &[GroupInfo]) -> String {
     let mut out = String::new();
     let mut line = |text: String| {
         out.push_str(&text);
@@ -67,7 +69,7 @@ pub fn stats_text(stats: &Stats) -> String {
         "{:<16} {:>20} {:>12} {:>10} {:>10}  {:<24} status",
         "projection", "position", "applied", "behind", "lag", "owner"
     ));
-    for p in &stats.projections {
+    for p in projections {
         let status = match &p.failure {
             Some(_) => format!("FAILED ({} attempts)", p.failures),
             None if p.events_behind == 0 => "caught up".to_owned(),
@@ -86,10 +88,67 @@ pub fn stats_text(stats: &Stats) -> String {
             line(format!("  {failure}"));
         }
     }
+    if !groups.is_empty() {
+        line(String::new());
+        out.push_str(&groups_text(groups));
+    }
     out
 }
 
-pub fn stats_json(stats: &Stats) -> String {
+/// `eventstore groups` for people.
+pub fn groups_text(groups: &[GroupInfo]) -> String {
+    let mut out = format!(
+        "{:<24} {:>20} {:>10} {:>8} {:>10} {:>9}\n",
+        "group", "position", "in flight", "parked", "lag", "consumers"
+    );
+    for g in groups {
+        out.push_str(&format!(
+            "{:<24} {:>20} {:>10} {:>8} {:>10} {:>9}\n",
+            g.name, g.position, g.in_flight, g.parked, g.lag, g.consumers
+        ));
+    }
+    out
+}
+
+fn group_json(g: &GroupInfo) -> Value {
+    json!({
+        "name": g.name,
+        "position": g.position,
+        "in_flight": g.in_flight,
+        "parked": g.parked,
+        "lag": g.lag,
+        "consumers": g.consumers,
+        "categories": g.settings.categories,
+        "event_types": g.settings.event_types,
+        "from_position": g.settings.from_position,
+        "max_attempts": g.settings.max_attempts,
+        "lease_timeout_seconds": g.settings.lease_timeout.as_secs_f64(),
+        "ordered_by_stream": g.settings.ordered_by_stream,
+    })
+}
+
+/// `eventstore groups --format json`.
+pub fn groups_json(groups: &[GroupInfo]) -> String {
+    Value::Array(groups.iter().map(group_json).collect()).to_string()
+}
+
+/// A parked event as JSON.
+pub fn parked_json(parked: &ParkedEvent) -> String {
+    json!({
+        "position": parked.event.position,
+        "stream": parked.event.stream,
+        "version": parked.event.version,
+        "type": parked.event.event_type,
+        "id": parked.event.id,
+        "attempt": parked.attempt,
+        "reason": parked.reason,
+        "parked_at": parked.parked_at,
+    })
+    .to_string()
+}
+
+/// `eventstore stats --format json`.
+pub fn stats_json(stats: &Health, projections: &[ProjectionStats], groups: &[GroupInfo]) -> String {
     json!({
         "streams": stats.streams,
         "events": stats.events,
@@ -104,7 +163,7 @@ pub fn stats_json(stats: &Stats) -> String {
             "age_seconds": tx.age.as_secs_f64(),
             "query": tx.query,
         })),
-        "projections": stats.projections.iter().map(|p| json!({
+        "projections": projections.iter().map(|p| json!({
             "name": p.name,
             "position": p.position,
             "events_applied": p.events_applied,
@@ -122,6 +181,7 @@ pub fn stats_json(stats: &Stats) -> String {
                 "error": f.message,
             })),
         })).collect::<Vec<_>>(),
+        "groups": groups.iter().map(group_json).collect::<Vec<_>>(),
     })
     .to_string()
 }

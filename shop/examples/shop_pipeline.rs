@@ -11,40 +11,57 @@
 //!    backoff and parked with the reason when they stay invalid;
 //! 3. the projection daemon keeps `shop.users` and `shop.orders` current.
 //!
-//! Run: `DATABASE_URL=postgres://postgres@127.0.0.1:5432/shop cargo run -p pg_eventstore_client --example shop_pipeline`
+//! Commands are decided with the shop's own order state machine
+//! ([`pg_eventstore_shop::rules::OrderStatus`]), the one the projection applies, and money is a
+//! decimal throughout.
+//!
+//! Run: `DATABASE_URL=postgres://postgres@127.0.0.1:5432/shop cargo run -p pg_eventstore_shop --example shop_pipeline`
 //! It checks its own outcome and exits non-zero when a read model or parked message differs.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
-use pg_eventstore_client::projection::{Daemon, DaemonOptions, ShopProjection};
+use pg_eventstore_client::projection::{Daemon, DaemonOptions};
 use pg_eventstore_client::{
     ConsumerOptions, Error, EventData, EventStore, ExpectedVersion, GroupEvent, GroupSettings,
     HandlerError, ReadStreamOptions, RecordedEvent,
 };
-use serde_json::{json, Value};
+use pg_eventstore_shop::events::{
+    Money, OrderCancelled, OrderPaid, OrderPlaced, OrderShipped, ShopEvent, ShopEventType,
+    UserCreated,
+};
+use pg_eventstore_shop::rules::{OrderChange, OrderStatus};
+use pg_eventstore_shop::ShopProjection;
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 const INPUT: &str = "shop-input";
 const GROUP: &str = "shop-processing";
 
+/// A request body as the gateway receives it: JSON text, kept field by field as written, so
+/// amounts reach the event as their digits.
+type Body = BTreeMap<String, Box<RawValue>>;
+
 /// The gateway: the seed's `requestNotValid` check, then `ShopDataReceived` on the input
 /// stream with `applies`, `source` and `profile` moved out of the data.
-async fn receive(store: &EventStore, mut body: Value) -> Result<u64, String> {
-    let object = body.as_object_mut().filter(|o| !o.is_empty());
-    let Some(object) = object else {
-        return Err("400 Request body not valid".to_owned());
-    };
+async fn receive(store: &EventStore, body: &str) -> Result<u64, String> {
+    let invalid = || "400 Request body not valid".to_owned();
+    let mut body: Body = serde_json::from_str(body).map_err(|_| invalid())?;
     let (Some(applies), Some(source), Some(_profile)) = (
-        object.remove("applies"),
-        object.remove("source"),
-        object.remove("profile"),
+        body.remove("applies"),
+        body.remove("source"),
+        body.remove("profile"),
     ) else {
-        return Err("400 Request body not valid".to_owned());
+        return Err(invalid());
     };
-    let message = EventData::json("ShopDataReceived", body)
-        .metadata_field("Applies", applies)
-        .metadata_field("Source", source);
+    let field = |raw: Box<RawValue>| -> Result<Value, String> {
+        serde_json::from_str(raw.get()).map_err(|_| invalid())
+    };
+    let message = EventData::new("ShopDataReceived", &body)
+        .map_err(|error| format!("400 {error}"))?
+        .metadata_field("Applies", field(applies)?)
+        .metadata_field("Source", field(source)?);
     store
         .append(INPUT, ExpectedVersion::Any, [message])
         .await
@@ -54,26 +71,22 @@ async fn receive(store: &EventStore, mut body: Value) -> Result<u64, String> {
 
 /// What a message asks of the order or user aggregate.
 enum Command {
-    RegisterUser {
-        username: String,
-        full_name: String,
-    },
+    RegisterUser(UserCreated),
     PlaceOrder {
         order: String,
-        data: Value,
+        placed: OrderPlaced,
     },
     PayOrder {
         order: String,
-        amount: f64,
-        method: String,
+        paid: OrderPaid,
     },
     ShipOrder {
         order: String,
-        data: Value,
+        shipped: OrderShipped,
     },
     CancelOrder {
         order: String,
-        reason: String,
+        cancelled: OrderCancelled,
     },
 }
 
@@ -85,97 +98,117 @@ fn text(data: &Value, field: &str) -> Result<String, HandlerError> {
         .ok_or_else(|| HandlerError::park(format!("{field} is missing")))
 }
 
+/// The message's data as the shop event `T`, decoded from the stored JSON itself (amounts
+/// keep their digits); a message that does not decode is parked.
+fn shaped<T: serde::de::DeserializeOwned>(
+    message: &RecordedEvent,
+    what: &str,
+) -> Result<T, HandlerError> {
+    serde_json::from_str(message.data.get())
+        .map_err(|error| HandlerError::park(format!("{what}: {error}")))
+}
+
 /// Maps a raw message to a command; a message that can never be one is parked.
 fn command(message: &RecordedEvent) -> Result<Command, HandlerError> {
     let metadata: Value = message.decode_metadata()?;
     let data: Value = message.decode()?;
     let applies = metadata["Applies"].as_str().unwrap_or_default();
+    let order = || text(&data, "orderId");
     Ok(match applies {
-        "RegisterUser" => Command::RegisterUser {
+        "RegisterUser" => Command::RegisterUser(UserCreated {
             username: text(&data, "username")?,
             full_name: text(&data, "fullName")?,
-        },
+            opened_at: None,
+        }),
         "PlaceOrder" => {
-            let items = data["items"].as_array().filter(|items| !items.is_empty());
-            if items.is_none() {
+            let placed: OrderPlaced = shaped(message, "not an order")?;
+            if placed.items.is_empty() {
                 return Err(HandlerError::park("an order needs items"));
             }
             Command::PlaceOrder {
-                order: text(&data, "orderId")?,
-                data: json!({
-                    "username": text(&data, "username")?,
-                    "items": data["items"],
-                    "currency": text(&data, "currency")?,
-                }),
+                order: order()?,
+                placed,
             }
         }
-        "PayOrder" => Command::PayOrder {
-            order: text(&data, "orderId")?,
-            amount: data["amount"]
-                .as_f64()
-                .filter(|amount| *amount > 0.0)
-                .ok_or_else(|| HandlerError::park("amount must be a positive number"))?,
-            method: text(&data, "method")?,
-        },
+        "PayOrder" => {
+            let paid: OrderPaid = shaped(message, "not a payment")?;
+            if paid.amount <= Money::ZERO {
+                return Err(HandlerError::park("amount must be a positive number"));
+            }
+            Command::PayOrder {
+                order: order()?,
+                paid,
+            }
+        }
         "ShipOrder" => Command::ShipOrder {
-            order: text(&data, "orderId")?,
-            data: json!({
-                "carrier": text(&data, "carrier")?,
-                "trackingNumber": text(&data, "trackingNumber")?,
-            }),
+            order: order()?,
+            shipped: OrderShipped {
+                carrier: Some(text(&data, "carrier")?),
+                tracking_number: Some(text(&data, "trackingNumber")?),
+            },
         },
         "CancelOrder" => Command::CancelOrder {
-            order: text(&data, "orderId")?,
-            reason: text(&data, "reason")?,
+            order: order()?,
+            cancelled: OrderCancelled {
+                reason: Some(text(&data, "reason")?),
+            },
         },
         other => return Err(HandlerError::park(format!("unknown command {other:?}"))),
     })
 }
 
-/// An order's state, folded from its stream.
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Status {
-    Placed,
-    Paid,
-    Shipped,
-    Cancelled,
-}
-
-async fn load_order(store: &EventStore, order: &str) -> Result<Option<(Status, u64)>, Error> {
+/// The order's status and version, folded from its stream with the shop's rules.
+async fn load_order(store: &EventStore, order: &str) -> Result<Option<(OrderStatus, u64)>, Error> {
     let events: Vec<RecordedEvent> = store
         .read_stream(&format!("order-{order}"), ReadStreamOptions::forwards())
         .try_collect()
         .await?;
-    Ok(events.last().map(|last| {
-        let status = events.iter().fold(Status::Placed, |status, event| {
-            match event.event_type.as_str() {
-                "order-paid" => Status::Paid,
-                "order-shipped" => Status::Shipped,
-                "order-cancelled" => Status::Cancelled,
-                _ => status,
+    let mut state = None;
+    for event in &events {
+        let change = match ShopEvent::decode(event) {
+            Ok(ShopEvent::OrderPlaced(..)) => {
+                state = Some((OrderStatus::Placed, event.version));
+                continue;
             }
-        });
-        (status, last.version)
-    }))
+            Ok(ShopEvent::OrderPaid(..)) => OrderChange::Pay,
+            Ok(ShopEvent::OrderShipped(..)) => OrderChange::Ship,
+            Ok(ShopEvent::OrderCancelled(..)) => OrderChange::Cancel,
+            _ => continue,
+        };
+        if let Some((status, _)) = state {
+            // The stream only holds changes this pipeline decided; a refused one is not there.
+            let status = status.after(change).unwrap_or(status);
+            state = Some((status, event.version));
+        }
+    }
+    Ok(state)
+}
+
+/// The version to append `change` at, when the order's status allows it. A refusal that may
+/// only be early (or an order not placed yet) is retried: the message it waits for may still
+/// be in flight. Any other refusal parks the message with the rules' reason.
+async fn decide(store: &EventStore, order: &str, change: OrderChange) -> Result<u64, HandlerError> {
+    let Some((status, version)) = load_order(store, order).await? else {
+        return Err(HandlerError::Retry(format!("order {order} does not exist")));
+    };
+    match status.after(change) {
+        Ok(_) => Ok(version),
+        Err(refusal) if refusal.may_be_early() => Err(HandlerError::Retry(refusal.describe(order))),
+        Err(refusal) => Err(HandlerError::park(refusal.describe(order))),
+    }
 }
 
 /// Decides a command against its aggregate and appends the outcome at the version decided on.
 async fn process(store: &EventStore, message: GroupEvent) -> Result<(), HandlerError> {
     let cause = &message.event;
-    let (stream, expected, event) = match command(cause)? {
-        Command::RegisterUser {
-            username,
-            full_name,
-        } => (
-            format!("user-{username}"),
+    let (stream, expected, event): (String, ExpectedVersion, EventData) = match command(cause)? {
+        Command::RegisterUser(created) => (
+            format!("user-{}", created.username),
             ExpectedVersion::NoStream,
-            EventData::json(
-                "user-created",
-                json!({"username": username, "fullName": full_name}),
-            ),
+            created.to_event_data(),
         ),
-        Command::PlaceOrder { order, data } => {
-            let user = format!("user-{}", data["username"].as_str().unwrap_or_default());
+        Command::PlaceOrder { order, placed } => {
+            let user = format!("user-{}", placed.username);
             if store.stream_version(&user).await?.is_none() {
                 // Maybe registered by a message still in flight: retried, parked if not.
                 return Err(HandlerError::Retry(format!("{user} does not exist")));
@@ -183,44 +216,31 @@ async fn process(store: &EventStore, message: GroupEvent) -> Result<(), HandlerE
             (
                 format!("order-{order}"),
                 ExpectedVersion::NoStream,
-                EventData::json("order-placed", data),
+                placed.to_event_data(),
             )
         }
-        Command::PayOrder {
-            order,
-            amount,
-            method,
-        } => {
-            let version = require(store, &order, Status::Placed).await?;
+        Command::PayOrder { order, paid } => {
+            let version = decide(store, &order, OrderChange::Pay).await?;
             (
                 format!("order-{order}"),
                 ExpectedVersion::Exact(version),
-                EventData::json("order-paid", json!({"amount": amount, "method": method})),
+                paid.to_event_data(),
             )
         }
-        Command::ShipOrder { order, data } => {
-            let version = require(store, &order, Status::Paid).await?;
+        Command::ShipOrder { order, shipped } => {
+            let version = decide(store, &order, OrderChange::Ship).await?;
             (
                 format!("order-{order}"),
                 ExpectedVersion::Exact(version),
-                EventData::json("order-shipped", data),
+                shipped.to_event_data(),
             )
         }
-        Command::CancelOrder { order, reason } => {
-            let version = match load_order(store, &order).await? {
-                None => return Err(HandlerError::Retry(format!("order {order} does not exist"))),
-                Some((Status::Shipped, _)) => {
-                    return Err(HandlerError::park(format!("order {order} is shipped")))
-                }
-                Some((Status::Cancelled, _)) => {
-                    return Err(HandlerError::park(format!("order {order} is cancelled")))
-                }
-                Some((_, version)) => version,
-            };
+        Command::CancelOrder { order, cancelled } => {
+            let version = decide(store, &order, OrderChange::Cancel).await?;
             (
                 format!("order-{order}"),
                 ExpectedVersion::Exact(version),
-                EventData::json("order-cancelled", json!({"reason": reason})),
+                cancelled.to_event_data(),
             )
         }
     };
@@ -239,26 +259,12 @@ async fn process(store: &EventStore, message: GroupEvent) -> Result<(), HandlerE
     }
 }
 
-/// The order's version when it is in `status`; a later state parks the message, an earlier
-/// one (or no order) retries it, since the message it waits for may still be in flight.
-async fn require(store: &EventStore, order: &str, status: Status) -> Result<u64, HandlerError> {
-    match load_order(store, order).await? {
-        Some((now, version)) if now == status => Ok(version),
-        Some((Status::Placed, _)) => Err(HandlerError::Retry(format!("order {order} is not paid"))),
-        Some((now, _)) => Err(HandlerError::park(format!(
-            "order {order} is {}",
-            format!("{now:?}").to_lowercase()
-        ))),
-        None => Err(HandlerError::Retry(format!("order {order} does not exist"))),
-    }
-}
-
-fn request(applies: &str, fields: Value) -> Value {
-    let mut body = json!({"applies": applies, "source": "web", "profile": {"channel": "example"}});
-    body.as_object_mut()
-        .unwrap()
-        .extend(fields.as_object().unwrap().clone());
-    body
+/// A request body of the seed's API: `fields` (JSON object members) plus `applies`,
+/// `source` and `profile`.
+fn request(applies: &str, fields: &str) -> String {
+    format!(
+        r#"{{"applies": "{applies}", "source": "web", "profile": {{"channel": "example"}}, {fields}}}"#
+    )
 }
 
 /// Waits until every message of the group up to `position` is acked or parked.
@@ -270,7 +276,7 @@ async fn drained(store: &EventStore, position: u64) -> Result<(), Error> {
             return Ok(());
         }
         assert!(
-            started.elapsed() < Duration::from_secs(60),
+            started.elapsed() < Duration::from_secs(300),
             "the pipeline is stuck"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -281,7 +287,7 @@ async fn drained(store: &EventStore, position: u64) -> Result<(), Error> {
 async fn main() -> Result<(), Error> {
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL names the database");
     let store = EventStore::connect(&url).await?;
-    store.migrate().await?;
+    pg_eventstore_shop::migrate(&store).await?;
     // Ids of this run, so the example can run again on the same database.
     let run = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     match store
@@ -329,73 +335,101 @@ async fn main() -> Result<(), Error> {
 
     let order = |n: u32| format!("{run}x{n}");
     let users = [("ada", "Ada Lovelace"), ("grace", "Grace Hopper")];
-    // A customer's steps arrive over time: each phase is handled before the next comes in.
-    let mut phases: Vec<Vec<Value>> = vec![Vec::new(); 4];
+    let price: Money = "2.5".parse().expect("a decimal");
+    // A customer's steps arrive over time: each phase is handled before the next comes in,
+    // so no message waits for one still in flight, and what is parked does not depend on
+    // how fast the workers are.
+    let mut phases: Vec<Vec<String>> = vec![Vec::new(); 5];
     for (name, full_name) in users {
         phases[0].push(request(
             "RegisterUser",
-            json!({"username": format!("{name}{run}"), "fullName": full_name}),
+            &format!(r#""username": "{name}{run}", "fullName": "{full_name}""#),
         ));
     }
     for n in 1..=6 {
         let username = format!("{}{run}", users[n as usize % 2].0);
-        phases[0].push(request(
+        phases[1].push(request(
             "PlaceOrder",
-            json!({"orderId": order(n), "username": username,
-            "items": [{"sku": "espresso", "qty": n, "price": 2.5}], "currency": "EUR"}),
+            &format!(
+                r#""orderId": "{}", "username": "{username}", "currency": "EUR",
+                   "items": [{{"sku": "espresso", "qty": {n}, "price": {price}}}]"#,
+                order(n)
+            ),
         ));
     }
     for n in 1..=4 {
-        phases[1].push(request(
+        phases[2].push(request(
             "PayOrder",
-            json!({"orderId": order(n), "amount": 2.5 * f64::from(n), "method": "card"}),
+            &format!(
+                r#""orderId": "{}", "amount": {}, "method": "card""#,
+                order(n),
+                price.times(n)
+            ),
         ));
     }
     for n in 1..=2 {
-        phases[2].push(request(
+        phases[3].push(request(
             "ShipOrder",
-            json!({"orderId": order(n), "carrier": "DHL",
-            "trackingNumber": format!("TRACK{n}")}),
+            &format!(
+                r#""orderId": "{}", "carrier": "DHL", "trackingNumber": "TRACK{n}""#,
+                order(n)
+            ),
         ));
     }
-    phases[2].push(request(
+    phases[3].push(request(
         "CancelOrder",
-        json!({"orderId": order(3), "reason": "changed my mind"}),
+        &format!(r#""orderId": "{}", "reason": "changed my mind""#, order(3)),
     ));
-    phases[2].push(request(
+    phases[3].push(request(
         "CancelOrder",
-        json!({"orderId": order(5), "reason": "too slow"}),
+        &format!(r#""orderId": "{}", "reason": "too slow""#, order(5)),
     ));
     // Invalid requests: each is parked with its reason (or refused by the gateway).
-    phases[3].extend([
+    phases[4].extend([
         request(
             "CancelOrder",
-            json!({"orderId": order(1), "reason": "late"}),
+            &format!(r#""orderId": "{}", "reason": "late""#, order(1)),
         ),
-        request("RefundOrder", json!({"orderId": order(2)})),
+        request("RefundOrder", &format!(r#""orderId": "{}""#, order(2))),
         request(
             "PayOrder",
-            json!({"orderId": order(6), "amount": -5, "method": "card"}),
+            &format!(
+                r#""orderId": "{}", "amount": -5, "method": "card""#,
+                order(6)
+            ),
         ),
         request(
             "ShipOrder",
-            json!({"orderId": order(6), "carrier": "DHL", "trackingNumber": "X"}),
+            &format!(
+                r#""orderId": "{}", "carrier": "DHL", "trackingNumber": "X""#,
+                order(6)
+            ),
         ),
         request(
             "PlaceOrder",
-            json!({"orderId": order(7), "username": format!("mallory{run}"),
-            "items": [{"sku": "tea", "qty": 1, "price": 3}], "currency": "EUR"}),
+            &format!(
+                r#""orderId": "{}", "username": "mallory{run}", "currency": "EUR",
+                   "items": [{{"sku": "tea", "qty": 1, "price": 3}}]"#,
+                order(7)
+            ),
         ),
         request(
             "PayOrder",
-            json!({"orderId": order(5), "amount": 5, "method": "card"}),
+            &format!(
+                r#""orderId": "{}", "amount": 5, "method": "card""#,
+                order(5)
+            ),
         ),
         request(
             "RegisterUser",
-            json!({"username": format!("ada{run}"), "fullName": "Ada again"}),
+            &format!(r#""username": "ada{run}", "fullName": "Ada again""#),
         ),
     ]);
-    let refused = receive(&store, json!({"applies": "PayOrder", "orderId": order(4)})).await;
+    let refused = receive(
+        &store,
+        &format!(r#"{{"applies": "PayOrder", "orderId": "{}"}}"#, order(4)),
+    )
+    .await;
     println!("gateway: a request without source and profile -> {refused:?}");
     assert!(refused.is_err());
 
@@ -403,7 +437,7 @@ async fn main() -> Result<(), Error> {
         let count = requests.len();
         let mut last = 0;
         for body in requests {
-            last = receive(&store, body)
+            last = receive(&store, &body)
                 .await
                 .expect("the gateway stores the message");
         }
@@ -428,7 +462,7 @@ async fn main() -> Result<(), Error> {
         < last_order_event
     {
         assert!(
-            started.elapsed() < Duration::from_secs(60),
+            started.elapsed() < Duration::from_secs(300),
             "the projection is stuck"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -476,18 +510,17 @@ async fn main() -> Result<(), Error> {
     for reason in &reasons {
         println!("  {reason}");
     }
-    assert_eq!(
-        reasons,
-        [
-            "amount must be a positive number",
-            "order …x1 is shipped",
-            "order …x5 is cancelled",
-            "order …x6 is not paid",
-            "unknown command \"RefundOrder\"",
-            "user-ada… exists already",
-            "user-mallory… does not exist",
-        ]
-    );
+    let mut expected_reasons = [
+        "amount must be a positive number",
+        "order …x1 is shipped and cannot be cancelled",
+        "payment for cancelled order …x5; to be refunded",
+        "order …x6 shipped before it was paid",
+        "unknown command \"RefundOrder\"",
+        "user-ada… exists already",
+        "user-mallory… does not exist",
+    ];
+    expected_reasons.sort_unstable();
+    assert_eq!(reasons, expected_reasons);
 
     stop_tx.send_replace(true);
     let stats = processing.await.expect("the consumer task")?;

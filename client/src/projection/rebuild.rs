@@ -1,12 +1,13 @@
-//! Operating projections: rebuild from zero, replay to a point into another schema, stats.
+//! Operating projections: rebuild from zero, replay to a point into another schema.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, Row};
 
-use super::runner::{runner_connection, to_i64, try_lock, Runner, Step};
-use super::{ensure_checkpoint, quote_ident, Projection, ProjectionFailure, LOCK_KEY_SQL};
+use super::batch::{apply_or_locate, Applied, Attempt, BatchTarget};
+use super::runner::{runner_connection, try_lock, Runner, Step};
+use super::{ensure_checkpoint, failure_of, quote_ident, to_i64, to_u64, ApplyError, Projection};
 use crate::read::{check_page_size, read_all_with_head};
 use crate::{Error, EventStore, RecordedEvent, Result};
 
@@ -335,7 +336,17 @@ async fn replay_batches(
         }
         if !events.is_empty() {
             let mut tx = connection.begin().await?;
-            apply_or_locate(&mut tx, projection, schema, &events).await?;
+            let mut target = Savepoints {
+                tx: &mut tx,
+                projection,
+                schema,
+            };
+            match apply_or_locate(&mut target, projection, &events, after).await? {
+                Applied::Done => {}
+                Applied::Failed(failure) => return Err(Error::Projection(failure)),
+                Applied::Retry(error) => return Err(apply_error(error)),
+                Applied::Moved(_) => unreachable!("a replay has no checkpoint to move"),
+            }
             tx.commit().await?;
             done += events.len() as u64;
         }
@@ -347,51 +358,49 @@ async fn replay_batches(
     Ok(done)
 }
 
-/// Applies a batch under a savepoint; when it fails, finds the event that fails.
-async fn apply_or_locate(
-    tx: &mut PgConnection,
-    projection: &dyn Projection,
-    schema: &str,
-    events: &[RecordedEvent],
-) -> Result<()> {
-    let error = {
-        let mut savepoint = tx.begin().await?;
-        match projection.apply(&mut savepoint, schema, events).await {
+/// A replay's attempts: each under a savepoint of the replay's transaction, into `schema`.
+struct Savepoints<'c> {
+    tx: &'c mut PgConnection,
+    projection: &'c dyn Projection,
+    schema: &'c str,
+}
+
+impl BatchTarget for Savepoints<'_> {
+    async fn attempt(&mut self, events: &[RecordedEvent], _through: u64) -> Result<Attempt> {
+        if events.is_empty() {
+            return Ok(Attempt::Applied);
+        }
+        let mut savepoint = self.tx.begin().await?;
+        match self
+            .projection
+            .apply(&mut savepoint, self.schema, events)
+            .await
+        {
             Ok(()) => {
                 savepoint.commit().await?;
-                return Ok(());
+                Ok(Attempt::Applied)
             }
             Err(error) => {
                 savepoint.rollback().await?;
-                error
+                Ok(Attempt::Failed(error))
             }
         }
-    };
-    for event in events {
-        let mut savepoint = tx.begin().await?;
-        if let Err(error) = projection
-            .apply(&mut savepoint, schema, std::slice::from_ref(event))
-            .await
-        {
-            savepoint.rollback().await?;
-            return Err(Error::Projection(ProjectionFailure::at(
-                projection, event, &error,
-            )));
-        }
-        savepoint.commit().await?;
     }
-    Err(Error::Database(sqlx::Error::Protocol(format!(
-        "a batch of projection {} failed ({error}) but each of its events applies alone",
-        projection.name()
-    ))))
+}
+
+/// A transient failure inside a projection's code, as the client's error.
+fn apply_error(error: ApplyError) -> Error {
+    match error.downcast::<Error>() {
+        Ok(error) => *error,
+        Err(error) => match error.downcast::<sqlx::Error>() {
+            Ok(error) => Error::from(*error),
+            Err(error) => Error::Application(error),
+        },
+    }
 }
 
 fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
-}
-
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or_default()
 }
 
 async fn head(connection: &mut PgConnection) -> Result<u64> {
@@ -418,184 +427,4 @@ async fn count_events(
     .fetch_one(connection)
     .await?;
     Ok(to_u64(count))
-}
-
-fn failure_of(name: &str, row: &sqlx::postgres::PgRow) -> Result<Option<ProjectionFailure>> {
-    let position: Option<i64> = row.try_get("failed_position")?;
-    let Some(position) = position else {
-        return Ok(None);
-    };
-    let version: Option<i64> = row.try_get("failed_version")?;
-    Ok(Some(ProjectionFailure {
-        projection: name.to_owned(),
-        position: to_u64(position),
-        stream: row
-            .try_get::<Option<String>, _>("failed_stream")?
-            .unwrap_or_default(),
-        version: version.map_or(0, to_u64),
-        event_type: row
-            .try_get::<Option<String>, _>("failed_type")?
-            .unwrap_or_default(),
-        event_id: row
-            .try_get::<Option<uuid::Uuid>, _>("failed_event_id")?
-            .unwrap_or_default(),
-        message: row
-            .try_get::<Option<String>, _>("error")?
-            .unwrap_or_default(),
-    }))
-}
-
-/// The state of the store and its projections, as `eventstore stats` prints it.
-#[derive(Clone, Debug)]
-pub struct Stats {
-    /// Streams with at least one event.
-    pub streams: u64,
-    /// Events stored.
-    pub events: u64,
-    /// The newest position `read_all` hands out now.
-    pub head_position: u64,
-    /// Committed or in-flight events not readable yet because an older transaction is still
-    /// running (see [`Stats::oldest_transaction`]).
-    pub held_back_events: u64,
-    /// The oldest transaction of the cluster that holds a transaction id: while it runs,
-    /// no event appended after it began can be read.
-    pub oldest_transaction: Option<InFlightTransaction>,
-    /// One entry per checkpoint row.
-    pub projections: Vec<ProjectionStats>,
-}
-
-/// A running transaction.
-#[derive(Clone, Debug)]
-pub struct InFlightTransaction {
-    /// Its backend's process id (`pg_terminate_backend` takes it).
-    pub pid: i32,
-    /// Its database.
-    pub database: Option<String>,
-    /// Its session's `application_name`.
-    pub application_name: Option<String>,
-    /// `active`, `idle in transaction`, ...
-    pub state: Option<String>,
-    /// When the transaction began.
-    pub started_at: Option<DateTime<Utc>>,
-    /// How long it has been running.
-    pub age: Duration,
-    /// Its current or last statement (first 200 characters).
-    pub query: Option<String>,
-}
-
-/// One projection's checkpoint and health.
-#[derive(Clone, Debug)]
-pub struct ProjectionStats {
-    /// Its name.
-    pub name: String,
-    /// Its checkpoint: every event through this position is applied.
-    pub position: u64,
-    /// Events applied since it last started from zero.
-    pub events_applied: u64,
-    /// Events after the checkpoint it has still to apply (of its types, when the projection
-    /// was passed to [`stats`]; of any type otherwise).
-    pub events_behind: u64,
-    /// How long ago the oldest of those was recorded (zero when there is none).
-    pub lag: Duration,
-    /// The daemon running it now (`None` when no session holds its lock).
-    pub owner: Option<String>,
-    /// When its checkpoint last moved.
-    pub updated_at: DateTime<Utc>,
-    /// The event it is stopped at, if any.
-    pub failure: Option<ProjectionFailure>,
-    /// How many times in a row that event failed.
-    pub failures: i32,
-}
-
-/// Reads the [`Stats`]. `projections` supplies the event types of known projections, so
-/// their backlog counts only events they apply.
-pub async fn stats(store: &EventStore, projections: &[&dyn Projection]) -> Result<Stats> {
-    let mut connection = store.pool().acquire().await?;
-    let row = sqlx::query(
-        "SELECT (SELECT count(*) FROM eventstore.events WHERE version = 0) AS streams, \
-                (SELECT count(*) FROM eventstore.events) AS events, \
-                eventstore.head_position() AS head, \
-                (SELECT count(*) FROM eventstore.events \
-                 WHERE position >= eventstore._visible_below()) AS held_back",
-    )
-    .fetch_one(&mut *connection)
-    .await?;
-    let oldest = sqlx::query(
-        "SELECT pid, datname, application_name, state, xact_start, \
-                extract(epoch FROM clock_timestamp() - xact_start)::float8 AS age, \
-                left(query, 200) AS query \
-         FROM pg_stat_activity \
-         WHERE backend_xid IS NOT NULL \
-         ORDER BY age(backend_xid) DESC LIMIT 1",
-    )
-    .fetch_optional(&mut *connection)
-    .await?
-    .map(|row| -> Result<InFlightTransaction> {
-        let age: Option<f64> = row.try_get("age")?;
-        Ok(InFlightTransaction {
-            pid: row.try_get("pid")?,
-            database: row.try_get("datname")?,
-            application_name: row.try_get("application_name")?,
-            state: row.try_get("state")?,
-            started_at: row.try_get("xact_start")?,
-            age: Duration::from_secs_f64(age.unwrap_or_default().max(0.0)),
-            query: row.try_get("query")?,
-        })
-    })
-    .transpose()?;
-    let checkpoints = sqlx::query(&format!(
-        "SELECT name, position, events_applied, updated_at, failures, failed_position, \
-                    failed_stream, failed_version, failed_type, failed_event_id, error, \
-                    CASE WHEN EXISTS ( \
-                        SELECT FROM pg_locks AS l \
-                        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
-                          AND l.database = (SELECT oid FROM pg_database \
-                                            WHERE datname = current_database()) \
-                          AND (l.classid::int8 << 32 | l.objid::int8) = {key}) \
-                    THEN owner END AS owner \
-             FROM projections.checkpoints ORDER BY name",
-        key = LOCK_KEY_SQL.replace("$1", "name")
-    ))
-    .fetch_all(&mut *connection)
-    .await?;
-    let mut projection_stats = Vec::with_capacity(checkpoints.len());
-    for row in &checkpoints {
-        let name: String = row.try_get("name")?;
-        let position = to_u64(row.try_get("position")?);
-        let types = projections
-            .iter()
-            .find(|p| p.name() == name)
-            .map(|p| p.event_types());
-        let behind = sqlx::query(
-            "SELECT count(*) AS behind, \
-                    extract(epoch FROM clock_timestamp() - min(recorded_at))::float8 AS lag \
-             FROM eventstore.events \
-             WHERE position > $1 AND position < eventstore._visible_below() \
-               AND ($2::text[] IS NULL OR type = ANY($2))",
-        )
-        .bind(to_i64(position))
-        .bind(types)
-        .fetch_one(&mut *connection)
-        .await?;
-        let lag: Option<f64> = behind.try_get("lag")?;
-        projection_stats.push(ProjectionStats {
-            failure: failure_of(&name, row)?,
-            position,
-            events_applied: to_u64(row.try_get("events_applied")?),
-            events_behind: to_u64(behind.try_get("behind")?),
-            lag: Duration::from_secs_f64(lag.unwrap_or_default().max(0.0)),
-            owner: row.try_get("owner")?,
-            updated_at: row.try_get("updated_at")?,
-            failures: row.try_get("failures")?,
-            name,
-        });
-    }
-    Ok(Stats {
-        streams: to_u64(row.try_get("streams")?),
-        events: to_u64(row.try_get("events")?),
-        head_position: to_u64(row.try_get("head")?),
-        held_back_events: to_u64(row.try_get("held_back")?),
-        oldest_transaction: oldest,
-        projections: projection_stats,
-    })
 }

@@ -1,0 +1,842 @@
+//! The `eventstore` command as a library: the generic subcommands (run, migrate, append,
+//! read, tail, rebuild, replay, stats, groups) for any database, and [`main`], through which
+//! an application builds its own daemon binary with its own projections:
+//!
+//! ```no_run
+//! # mod my_read_models {
+//! #     pub struct Projection;
+//! #     impl pg_eventstore_client::projection::Projection for Projection {
+//! #         fn name(&self) -> &str { "mine" }
+//! #         fn event_types(&self) -> Vec<String> { vec![] }
+//! #         fn schema(&self) -> &str { "mine" }
+//! #         fn tables(&self) -> Vec<String> { vec![] }
+//! #         fn apply<'a>(&'a self, _: &'a mut sqlx::PgConnection, _: &'a str, _: &'a [pg_eventstore_client::RecordedEvent])
+//! #             -> futures_util::future::BoxFuture<'a, Result<(), pg_eventstore_client::projection::ApplyError>> { Box::pin(async { Ok(()) }) }
+//! #     }
+//! #     pub fn migrations() -> refinery::Runner { refinery::Runner::new(&[]) }
+//! # }
+//! use pg_eventstore_cli::App;
+//!
+//! fn main() -> std::process::ExitCode {
+//!     pg_eventstore_cli::main(
+//!         App::new("my-daemon")
+//!             .projection(my_read_models::Projection)
+//!             .migrations(my_read_models::migrations, "my_read_models_history"),
+//!     )
+//! }
+//! ```
+#![deny(missing_docs)]
+
+mod output;
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures_util::{StreamExt, TryStreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use pg_eventstore_client::projection::{
+    self, Daemon, DaemonOptions, Progress, Projection, ReplayUntil,
+};
+use pg_eventstore_client::{
+    AppliedMigration, EventData, EventStore, ExpectedVersion, ReadAllOptions, ReadStreamOptions,
+    SubscriptionOptions,
+};
+use tracing_subscriber::EnvFilter;
+
+/// What can go wrong in a command.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The command line asks for something that cannot be done (before any database work).
+    #[error("{0}")]
+    Usage(String),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] pg_eventstore_client::Error),
+}
+
+/// A command's result.
+pub type Result<T, E = CliError> = std::result::Result<T, E>;
+
+/// The options every subcommand takes.
+#[derive(Args, Clone, Debug)]
+pub struct GlobalArgs {
+    /// The database, as postgres://user@host:port/database.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = false)]
+    pub database_url: Option<String>,
+}
+
+/// The generic subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the projection daemon until SIGINT or SIGTERM: catch every projection up, then
+    /// follow the log. Several daemons may run; each projection runs in one of them at a
+    /// time, and another takes over when that one stops or dies.
+    Run(RunArgs),
+    /// Apply the migrations not yet applied: the store's (the extension, the projection
+    /// checkpoints), then this program's read models.
+    Migrate,
+    /// Append events to a stream.
+    Append(AppendArgs),
+    /// Print events of a stream, a category or the global log.
+    Read(ReadArgs),
+    /// Print events as they are appended, until Ctrl-C.
+    Tail(TailArgs),
+    /// Empty a projection's tables and apply the log from the start, with a progress bar.
+    Rebuild(RebuildArgs),
+    /// Build a projection's tables as they were at a position or a time into a separate
+    /// schema, leaving the live tables untouched.
+    Replay(ReplayArgs),
+    /// Print streams, events, each projection's position, lag and failure, the groups, and
+    /// the oldest transaction in flight.
+    Stats(StatsArgs),
+    /// List persistent subscription groups, or inspect and settle their parked events.
+    Groups(GroupsArgs),
+}
+
+/// The options of `run`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Run only these projections (default: all of this binary's).
+    #[arg(long = "projection", value_name = "NAME")]
+    projections: Vec<String>,
+    /// Events applied per transaction while catching up.
+    #[arg(long, default_value_t = 5000)]
+    batch_size: u32,
+    /// Seconds between attempts to take over a projection another daemon runs.
+    #[arg(long, default_value_t = 2.0)]
+    takeover_interval: f64,
+    /// Seconds between re-reads without a wake-up.
+    #[arg(long, default_value_t = 1.0)]
+    poll_interval: f64,
+    /// Seconds before a failing event is tried again (doubling up to a minute).
+    #[arg(long, default_value_t = 5.0)]
+    retry_interval: f64,
+    /// The name recorded as the projections' owner (default: hostname:pid).
+    #[arg(long)]
+    owner: Option<String>,
+    /// Apply pending migrations before starting.
+    #[arg(long)]
+    migrate: bool,
+}
+
+/// The options of `append`.
+#[derive(Args)]
+pub struct AppendArgs {
+    /// The stream, e.g. order-42.
+    stream: String,
+    /// The event type (with --data), e.g. order-placed.
+    #[arg(
+        long = "type",
+        value_name = "TYPE",
+        requires = "data",
+        conflicts_with = "events"
+    )]
+    event_type: Option<String>,
+    /// The event's data, as JSON.
+    #[arg(long, requires = "event_type")]
+    data: Option<String>,
+    /// The event's metadata, a JSON object.
+    #[arg(long, requires = "event_type")]
+    metadata: Option<String>,
+    /// The event's id (default: a new UUID).
+    #[arg(long, requires = "event_type")]
+    id: Option<uuid::Uuid>,
+    /// Several events at once, a JSON array of {"type", "data", "metadata"?, "id"?}.
+    #[arg(long, conflicts_with = "event_type")]
+    events: Option<String>,
+    /// any, no-stream, stream-exists, or the stream's last version.
+    #[arg(long, default_value = "any")]
+    expected_version: String,
+}
+
+/// The options of `read`.
+#[derive(Args)]
+pub struct ReadArgs {
+    /// Read this stream.
+    #[arg(long, conflicts_with = "category")]
+    stream: Option<String>,
+    /// Read this category (streams <category>-*).
+    #[arg(long)]
+    category: Option<String>,
+    /// Global log and categories: start after this position.
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+    /// Streams: start at this version.
+    #[arg(long)]
+    from_version: Option<u64>,
+    /// Streams: newest first.
+    #[arg(long, requires = "stream")]
+    backwards: bool,
+    /// Only these event types (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    types: Vec<String>,
+    /// At most this many events.
+    #[arg(long, default_value_t = 100)]
+    limit: u64,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+/// The options of `tail`.
+#[derive(Args)]
+pub struct TailArgs {
+    /// Follow this stream.
+    #[arg(long, conflicts_with = "category")]
+    stream: Option<String>,
+    /// Follow this category.
+    #[arg(long)]
+    category: Option<String>,
+    /// Only these event types (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    types: Vec<String>,
+    /// Start after this position (default: the head, so only new events).
+    #[arg(long, conflicts_with = "from_start")]
+    after: Option<u64>,
+    /// Start from the beginning of the log.
+    #[arg(long)]
+    from_start: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+/// The options of `rebuild`.
+#[derive(Args)]
+pub struct RebuildArgs {
+    /// The projection.
+    projection: String,
+    /// Events applied per transaction.
+    #[arg(long, default_value_t = 5000)]
+    batch_size: u32,
+    /// Ask nothing: the tables are emptied at once.
+    #[arg(long, short)]
+    yes: bool,
+}
+
+/// The options of `replay`.
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// The projection.
+    projection: String,
+    /// The schema to build the tables in (created; must not exist unless --replace).
+    #[arg(long)]
+    schema: String,
+    /// Apply events through this global position.
+    #[arg(long, conflicts_with = "time", required_unless_present = "time")]
+    position: Option<u64>,
+    /// Apply events through the last one recorded at or before this time (RFC 3339, e.g.
+    /// 2026-11-23T10:15:00Z).
+    #[arg(long)]
+    time: Option<DateTime<Utc>>,
+    /// Drop the schema first if it exists.
+    #[arg(long)]
+    replace: bool,
+    /// Events applied per statement batch.
+    #[arg(long, default_value_t = 5000)]
+    batch_size: u32,
+}
+
+/// The options of `stats`.
+#[derive(Args)]
+pub struct StatsArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+/// How events and stats are printed.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned text for people.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `eventstore groups`.
+#[derive(Args)]
+pub struct GroupsArgs {
+    #[command(subcommand)]
+    action: Option<GroupAction>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text, global = true)]
+    format: Format,
+}
+
+#[derive(Subcommand)]
+enum GroupAction {
+    /// Every group with its position, in-flight, parked and lag counts (the default).
+    List,
+    /// The parked events of a group, with their reasons.
+    Parked {
+        /// The group.
+        group: String,
+    },
+    /// Give parked events back to the group (all, or those at --position).
+    ReplayParked {
+        /// The group.
+        group: String,
+        /// Only the events at these positions (comma-separated).
+        #[arg(long = "position", value_delimiter = ',')]
+        positions: Vec<u64>,
+    },
+    /// Delete parked events (all, or those at --position).
+    DropParked {
+        /// The group.
+        group: String,
+        /// Only the events at these positions (comma-separated).
+        #[arg(long = "position", value_delimiter = ',')]
+        positions: Vec<u64>,
+    },
+}
+
+/// The generic command line: global options and a [`Command`].
+#[derive(Parser)]
+#[command(version)]
+pub struct Cli {
+    /// Global options.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A migration set of the program's read models.
+#[derive(Clone, Copy)]
+struct MigrationSet {
+    runner: fn() -> refinery::Runner,
+    history_table: &'static str,
+}
+
+/// What a daemon binary runs: its projections and their migrations.
+#[derive(Clone)]
+pub struct App {
+    name: String,
+    projections: Vec<Arc<dyn Projection>>,
+    migrations: Vec<MigrationSet>,
+}
+
+impl App {
+    /// A program named `name` (its `--help` and messages use it), with no projections yet.
+    pub fn new(name: impl Into<String>) -> App {
+        App {
+            name: name.into(),
+            projections: Vec::new(),
+            migrations: Vec::new(),
+        }
+    }
+
+    /// Runs `projection` in the daemon, and lets rebuild, replay and stats name it.
+    #[must_use]
+    pub fn projection(mut self, projection: impl Projection) -> App {
+        self.projections.push(Arc::new(projection));
+        self
+    }
+
+    /// Applies this migration set (`refinery::embed_migrations!`'s `migrations::runner`)
+    /// after the store's, recording it in `history_table`.
+    #[must_use]
+    pub fn migrations(
+        mut self,
+        runner: fn() -> refinery::Runner,
+        history_table: &'static str,
+    ) -> App {
+        self.migrations.push(MigrationSet {
+            runner,
+            history_table,
+        });
+        self
+    }
+
+    /// The program's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Applies the store's migrations, then the program's; returns what was applied, each
+    /// with the history table of its set.
+    pub async fn migrate(
+        &self,
+        store: &EventStore,
+    ) -> Result<Vec<(&'static str, AppliedMigration)>> {
+        let mut applied: Vec<_> = store
+            .migrate()
+            .await?
+            .into_iter()
+            .map(|migration| (pg_eventstore_client::HISTORY_TABLE, migration))
+            .collect();
+        for set in &self.migrations {
+            let done = store.migrate_set((set.runner)(), set.history_table).await?;
+            applied.extend(
+                done.into_iter()
+                    .map(|migration| (set.history_table, migration)),
+            );
+        }
+        Ok(applied)
+    }
+
+    /// Connects to the database of `global`.
+    pub async fn connect(&self, global: &GlobalArgs) -> Result<EventStore> {
+        let url = global
+            .database_url
+            .as_deref()
+            .ok_or_else(|| CliError::Usage("set DATABASE_URL or pass --database-url".to_owned()))?;
+        Ok(EventStore::connect(url).await?)
+    }
+
+    /// Runs one generic subcommand.
+    pub async fn execute(&self, global: &GlobalArgs, command: Command) -> Result<()> {
+        let store = self.connect(global).await?;
+        match command {
+            Command::Run(args) => self.daemon(store, args).await,
+            Command::Migrate => {
+                let applied = self.migrate(&store).await?;
+                if applied.is_empty() {
+                    println!("the database is up to date");
+                }
+                for (set, migration) in applied {
+                    println!("applied V{}__{} ({set})", migration.version, migration.name);
+                }
+                Ok(())
+            }
+            Command::Append(args) => append(&store, args).await,
+            Command::Read(args) => read(&store, args).await,
+            Command::Tail(args) => tail(&store, args).await,
+            Command::Rebuild(args) => self.rebuild(&store, args).await,
+            Command::Replay(args) => self.replay(&store, args).await,
+            Command::Stats(args) => {
+                let health = store.health().await?;
+                let known: Vec<&dyn Projection> = self.projections.iter().map(|p| &**p).collect();
+                let projections = projection::status(&store, &known).await?;
+                let groups = store.groups().await?;
+                match args.format {
+                    Format::Text => {
+                        print!("{}", output::stats_text(&health, &projections, &groups));
+                    }
+                    Format::Json => {
+                        println!("{}", output::stats_json(&health, &projections, &groups));
+                    }
+                }
+                Ok(())
+            }
+            Command::Groups(args) => groups(&store, args).await,
+        }
+    }
+
+    fn find_projection(&self, name: &str) -> Result<Arc<dyn Projection>> {
+        self.projections
+            .iter()
+            .find(|p| p.name() == name)
+            .cloned()
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.projections.iter().map(|p| p.name()).collect();
+                CliError::Usage(format!(
+                    "unknown projection {name:?} (known: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ))
+            })
+    }
+
+    async fn daemon(&self, store: EventStore, args: RunArgs) -> Result<()> {
+        let shutdown = shutdown_signal();
+        if args.migrate {
+            for (set, migration) in self.migrate(&store).await? {
+                tracing::info!(set, version = migration.version, name = %migration.name, "applied migration");
+            }
+        }
+        let mut options = DaemonOptions::default()
+            .batch_size(args.batch_size)
+            .takeover_interval(seconds(args.takeover_interval, "--takeover-interval")?)
+            .poll_interval(seconds(args.poll_interval, "--poll-interval")?)
+            .retry_interval(seconds(args.retry_interval, "--retry-interval")?);
+        if let Some(owner) = args.owner {
+            options = options.owner(owner);
+        }
+        let projections = if args.projections.is_empty() {
+            self.projections.clone()
+        } else {
+            args.projections
+                .iter()
+                .map(|name| self.find_projection(name))
+                .collect::<Result<_>>()?
+        };
+        if projections.is_empty() {
+            return Err(CliError::Usage(format!(
+                "{} runs no projections",
+                self.name
+            )));
+        }
+        let mut daemon = Daemon::new(store, options);
+        for projection in projections {
+            daemon = daemon.with_shared(projection);
+        }
+        tracing::info!("projection daemon started; SIGINT or SIGTERM stops it");
+        Ok(daemon.run(shutdown).await?)
+    }
+
+    async fn rebuild(&self, store: &EventStore, args: RebuildArgs) -> Result<()> {
+        let projection = self.find_projection(&args.projection)?;
+        if !args.yes {
+            eprintln!(
+                "rebuilding {}: its tables ({}) are emptied now and refilled from the log",
+                projection.name(),
+                projection
+                    .tables()
+                    .iter()
+                    .map(|t| format!("{}.{t}", projection.schema()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let bar = progress_bar();
+        let started = Instant::now();
+        let done = projection::rebuild(store, &*projection, args.batch_size, |progress| {
+            show(&bar, progress)
+        })
+        .await;
+        bar.finish();
+        let done = done?;
+        let seconds = started.elapsed().as_secs_f64();
+        println!(
+            "rebuilt {}: {done} events in {seconds:.1} s ({:.0} events/s)",
+            projection.name(),
+            done as f64 / seconds.max(1e-9)
+        );
+        Ok(())
+    }
+
+    async fn replay(&self, store: &EventStore, args: ReplayArgs) -> Result<()> {
+        let projection = self.find_projection(&args.projection)?;
+        let until = match (args.position, args.time) {
+            (Some(position), _) => ReplayUntil::Position(position),
+            (None, Some(time)) => ReplayUntil::Time(time),
+            (None, None) => return Err(CliError::Usage("give --position or --time".to_owned())),
+        };
+        let bar = progress_bar();
+        let report = projection::replay(
+            store,
+            &*projection,
+            &args.schema,
+            until,
+            args.replace,
+            args.batch_size,
+            |progress| show(&bar, progress),
+        )
+        .await;
+        bar.finish();
+        let report = report?;
+        println!(
+        "replayed {} into schema {} through position {} ({} events); the live tables are untouched",
+        projection.name(),
+        report.schema,
+        report.position,
+        report.events
+    );
+        for table in projection.tables() {
+            println!("  {}.{table}", report.schema);
+        }
+        Ok(())
+    }
+}
+
+/// Completes on SIGINT or SIGTERM. The handlers are installed when this is called, not when
+/// the future is first polled, so a signal that arrives meanwhile is not lost.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).ok();
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    async move {
+        tokio::select! {
+            Some(()) = async { interrupt.as_mut()?.recv().await } => tracing::info!("SIGINT received"),
+            Some(()) = async { terminate.as_mut()?.recv().await } => tracing::info!("SIGTERM received"),
+            else => std::future::pending::<()>().await,
+        }
+    }
+}
+
+fn parse_expected(text: &str) -> Result<ExpectedVersion> {
+    Ok(match text {
+        "any" => ExpectedVersion::Any,
+        "no-stream" => ExpectedVersion::NoStream,
+        "stream-exists" => ExpectedVersion::StreamExists,
+        number => ExpectedVersion::Exact(number.parse().map_err(|_| {
+            CliError::Usage(format!(
+                "expected version {number:?} is not any, no-stream, stream-exists or a version"
+            ))
+        })?),
+    })
+}
+
+fn parse_json(what: &str, text: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(text)
+        .map_err(|error| CliError::Usage(format!("{what} is not JSON: {error}")))
+}
+
+async fn append(store: &EventStore, args: AppendArgs) -> Result<()> {
+    let expected = parse_expected(&args.expected_version)?;
+    let events: Vec<EventData> = match (&args.event_type, &args.data, &args.events) {
+        (Some(event_type), Some(data), None) => {
+            let mut event = EventData::json(event_type.clone(), parse_json("--data", data)?);
+            if let Some(metadata) = &args.metadata {
+                event = event.metadata(&parse_json("--metadata", metadata)?)?;
+            }
+            if let Some(id) = args.id {
+                event = event.id(id);
+            }
+            vec![event]
+        }
+        (None, None, Some(events)) => {
+            #[derive(serde::Deserialize)]
+            struct Input {
+                #[serde(rename = "type")]
+                event_type: String,
+                data: serde_json::Value,
+                #[serde(default)]
+                metadata: Option<serde_json::Value>,
+                #[serde(default)]
+                id: Option<uuid::Uuid>,
+            }
+            let inputs: Vec<Input> = serde_json::from_value(parse_json("--events", events)?)
+                .map_err(|error| {
+                    CliError::Usage(format!(
+                        "--events must be an array of {{\"type\", \"data\", \"metadata\"?, \"id\"?}}: {error}"
+                    ))
+                })?;
+            inputs
+                .into_iter()
+                .map(|input| {
+                    let mut event = EventData::json(input.event_type, input.data);
+                    if let Some(metadata) = input.metadata {
+                        event = event.metadata(&metadata)?;
+                    }
+                    if let Some(id) = input.id {
+                        event = event.id(id);
+                    }
+                    Ok(event)
+                })
+                .collect::<Result<_>>()?
+        }
+        _ => {
+            return Err(CliError::Usage(
+                "give --type and --data, or --events".to_owned(),
+            ))
+        }
+    };
+    let result = store.append(&args.stream, expected, events).await?;
+    println!(
+        "appended {}@{}..{} at positions {}..{}",
+        args.stream,
+        result.first_version,
+        result.last_version,
+        result.first_position,
+        result.last_position
+    );
+    Ok(())
+}
+
+fn types_filter(types: &[String]) -> Option<Vec<String>> {
+    (!types.is_empty()).then(|| types.to_vec())
+}
+
+async fn read(store: &EventStore, args: ReadArgs) -> Result<()> {
+    let types = types_filter(&args.types);
+    let mut events = if let Some(stream) = &args.stream {
+        let mut options = if args.backwards {
+            ReadStreamOptions::backwards()
+        } else {
+            ReadStreamOptions::forwards()
+        };
+        if let Some(version) = args.from_version {
+            options = options.from_version(version);
+        }
+        // Stream reads page by version; types are filtered here.
+        let wanted = types.clone();
+        store
+            .read_stream(stream, options)
+            .try_filter(move |event| {
+                std::future::ready(
+                    wanted
+                        .as_ref()
+                        .is_none_or(|t| t.contains(&event.event_type)),
+                )
+            })
+            .take(usize::try_from(args.limit).unwrap_or(usize::MAX))
+            .boxed()
+    } else {
+        let mut options = ReadAllOptions::default()
+            .after(args.after)
+            .limit(args.limit);
+        if let Some(types) = types {
+            options = options.event_types(types);
+        }
+        match &args.category {
+            Some(category) => store.read_category(category, options),
+            None => store.read_all(options),
+        }
+    };
+    let mut printed = 0;
+    while let Some(event) = events.try_next().await? {
+        output::print_event(&event, args.format);
+        printed += 1;
+    }
+    if args.format == Format::Text {
+        eprintln!("({printed} events)");
+    }
+    Ok(())
+}
+
+async fn tail(store: &EventStore, args: TailArgs) -> Result<()> {
+    let after = match (args.after, args.from_start) {
+        (Some(after), _) => after,
+        (None, true) => 0,
+        (None, false) => store.head_position().await?,
+    };
+    let mut options = SubscriptionOptions::default().after(after);
+    if let Some(types) = types_filter(&args.types) {
+        options = options.event_types(types);
+    }
+    let mut subscription = match (&args.stream, &args.category) {
+        (Some(stream), _) => store.subscribe_to_stream(stream, options),
+        (None, Some(category)) => store.subscribe_to_category(category, options),
+        (None, None) => store.subscribe_to_all(options),
+    };
+    eprintln!("following after position {after}; Ctrl-C stops");
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            event = subscription.next() => match event {
+                Some(event) => output::print_event(&event?, args.format),
+                None => return Ok(()),
+            },
+            () = &mut stop => return Ok(()),
+        }
+    }
+}
+
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events \
+             {per_sec} eta {eta}",
+        )
+        .expect("a valid template"),
+    );
+    bar
+}
+
+fn show(bar: &ProgressBar, progress: Progress) {
+    bar.set_length(progress.total.max(progress.done));
+    bar.set_position(progress.done);
+}
+
+fn seconds(value: f64, what: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| CliError::Usage(format!("{what} {value} is not a duration in seconds")))
+}
+
+async fn groups(store: &EventStore, args: GroupsArgs) -> Result<()> {
+    match args.action.unwrap_or(GroupAction::List) {
+        GroupAction::List => {
+            let groups = store.groups().await?;
+            match args.format {
+                Format::Text => print!("{}", output::groups_text(&groups)),
+                Format::Json => println!("{}", output::groups_json(&groups)),
+            }
+        }
+        GroupAction::Parked { group } => {
+            for parked in store.parked(&group).await? {
+                match args.format {
+                    Format::Text => println!(
+                        "{:>20}  {}@{}  {}  attempt {}  {}",
+                        parked.event.position,
+                        parked.event.stream,
+                        parked.event.version,
+                        parked.event.event_type,
+                        parked.attempt,
+                        parked.reason.as_deref().unwrap_or("-")
+                    ),
+                    Format::Json => println!("{}", output::parked_json(&parked)),
+                }
+            }
+        }
+        GroupAction::ReplayParked { group, positions } => {
+            let positions = (!positions.is_empty()).then_some(positions);
+            let count = store.replay_parked(&group, positions.as_deref()).await?;
+            println!("{count} parked events of {group} given back to the group");
+        }
+        GroupAction::DropParked { group, positions } => {
+            let positions = (!positions.is_empty()).then_some(positions);
+            let count = store.drop_parked(&group, positions.as_deref()).await?;
+            println!("{count} parked events of {group} dropped");
+        }
+    }
+    Ok(())
+}
+
+/// Sets up logging to stderr (`RUST_LOG`, or `default_level`), runs `work` on a tokio
+/// runtime, and turns its outcome into the exit code, printing the error and its SQLSTATE.
+pub fn run_command<F>(program: &str, default_level: &str, work: F) -> ExitCode
+where
+    F: Future<Output = Result<()>>,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{program}: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{program}: {error}");
+            if let CliError::Store(store) = &error {
+                if let Some(code) = store.sqlstate() {
+                    eprintln!("  SQLSTATE {code}");
+                }
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl Command {
+    /// The log level a subcommand prints at by default: `info` for the daemon, `warn` for
+    /// the others.
+    pub fn default_log_level(&self) -> &'static str {
+        if matches!(self, Command::Run(_)) {
+            "info"
+        } else {
+            "warn"
+        }
+    }
+}
+
+/// The whole program for a daemon binary of `app`: parses the command line ([`Cli`]) and
+/// runs it. See the crate documentation for an example.
+pub fn main(app: App) -> ExitCode {
+    let cli = Cli::parse();
+    let level = cli.command.default_log_level();
+    let name = app.name().to_owned();
+    run_command(&name, level, async move {
+        app.execute(&cli.global, cli.command).await
+    })
+}

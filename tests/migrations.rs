@@ -1,0 +1,188 @@
+//! The store's migrations and an application's own migration sets: what `migrate()` creates
+//! in an application's database, and the upgrade of a database set up by release 0.2.0,
+//! whose store migrations also created the shop's read models.
+
+use pg_eventstore_client::projection::{self, Daemon, DaemonOptions};
+use pg_eventstore_client::{AppliedMigration, EventData, EventStore, ExpectedVersion};
+use pg_eventstore_shop::ShopProjection;
+use pg_eventstore_tests::{eventually, settled, TestDb, PATIENCE};
+use refinery_core::{Migration, Runner};
+use serde_json::json;
+
+fn applied(list: &[(i32, &str)]) -> Vec<AppliedMigration> {
+    list.iter()
+        .map(|(version, name)| AppliedMigration {
+            version: *version,
+            name: (*name).to_owned(),
+        })
+        .collect()
+}
+
+async fn schemas(db: &TestDb) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace \
+         WHERE nspname NOT LIKE 'pg\\_%' AND nspname NOT IN ('information_schema', 'public') \
+         ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_store_migrations_create_the_store_and_nothing_else() {
+    let db = TestDb::empty(4).await;
+    let store = EventStore::from_pool(db.pool.clone());
+    store.migrate().await.unwrap();
+    assert_eq!(schemas(&db).await, ["eventstore", "projections"]);
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, ["eventstore_schema_history"]);
+
+    // The shop's set comes on request, with a history of its own.
+    let shop = pg_eventstore_shop::migrate(&store).await.unwrap();
+    assert_eq!(shop, applied(&[(1, "shop_read_models")]));
+    assert_eq!(schemas(&db).await, ["eventstore", "projections", "shop"]);
+    assert_eq!(pg_eventstore_shop::migrate(&store).await.unwrap(), vec![]);
+
+    let refused = store
+        .migrate_set(Runner::new(&[]), "Bad Name")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, pg_eventstore_client::Error::InvalidArgument(_)),
+        "{refused:?}"
+    );
+    db.drop_database().await;
+}
+
+/// The store migrations of release 0.2.0, as refinery saw them: V1 and V3 are the files
+/// still in `migrations/eventstore`, V2 the one that moved (kept as a fixture).
+fn release_0_2_0() -> Runner {
+    let migration = |name: &str, sql: &str| Migration::unapplied(name, sql).unwrap();
+    Runner::new(&[
+        migration(
+            "V1__pg_eventstore_extension",
+            include_str!("../migrations/eventstore/V1__pg_eventstore_extension.sql"),
+        ),
+        migration(
+            "V2__shop_read_models",
+            include_str!("fixtures/release-0.2.0-V2__shop_read_models.sql"),
+        ),
+        migration(
+            "V3__pg_eventstore_0_2_0",
+            include_str!("../migrations/eventstore/V3__pg_eventstore_0_2_0.sql"),
+        ),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_set_up_by_release_0_2_0_keeps_its_events_read_models_and_checkpoints() {
+    let db = TestDb::empty(8).await;
+    let store = EventStore::from_pool(db.pool.clone());
+    // What 0.2.0's migrate() did: its three migrations, in the store's history table.
+    let old = store
+        .migrate_set(release_0_2_0(), pg_eventstore_client::HISTORY_TABLE)
+        .await
+        .unwrap();
+    assert_eq!(
+        old,
+        applied(&[
+            (1, "pg_eventstore_extension"),
+            (2, "shop_read_models"),
+            (3, "pg_eventstore_0_2_0")
+        ])
+    );
+    let user = |name: &str| {
+        EventData::json(
+            "user-created",
+            json!({"username": name, "fullName": name.to_uppercase()}),
+        )
+    };
+    store
+        .append("user-ada", ExpectedVersion::NoStream, [user("ada")])
+        .await
+        .unwrap();
+    settled(&db.pool).await;
+    projection::rebuild(&store, &ShopProjection, 100, |_| {})
+        .await
+        .unwrap();
+    let before: i64 =
+        sqlx::query_scalar("SELECT position FROM projections.checkpoints WHERE name = 'shop'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(before > 0);
+
+    // The upgrade: the store's set now ends with the checkpoints, the shop's set adopts
+    // the tables it finds.
+    let upgraded = store.migrate().await.unwrap();
+    assert_eq!(upgraded, applied(&[(4, "projection_checkpoints")]));
+    let history: Vec<(i32, String)> =
+        sqlx::query_as("SELECT version, name::text FROM eventstore_schema_history ORDER BY 1")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        history,
+        [
+            (1, "pg_eventstore_extension".to_owned()),
+            (3, "pg_eventstore_0_2_0".to_owned()),
+            (4, "projection_checkpoints".to_owned())
+        ]
+    );
+    let shop = pg_eventstore_shop::migrate(&store).await.unwrap();
+    assert_eq!(shop, applied(&[(1, "shop_read_models")]));
+    assert_eq!(store.migrate().await.unwrap(), vec![]);
+    let kept: (i64, String) = sqlx::query_as(
+        "SELECT c.position, u.full_name FROM projections.checkpoints c, shop.users u \
+         WHERE c.name = 'shop' AND u.username = 'ada'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, (before, "ADA".to_owned()));
+
+    // The daemon continues from the kept checkpoint.
+    let grace = store
+        .append("user-grace", ExpectedVersion::NoStream, [user("grace")])
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(
+        Daemon::new(store.clone(), DaemonOptions::default())
+            .with(ShopProjection)
+            .run(async {
+                let _ = stopped.await;
+            }),
+    );
+    eventually(PATIENCE, "the daemon applied the new user", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT position FROM projections.checkpoints WHERE name = 'shop'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+            >= grace.last_position as i64
+    })
+    .await;
+    stop.send(()).unwrap();
+    daemon.await.unwrap().unwrap();
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT events_applied FROM projections.checkpoints WHERE name = 'shop'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(applied, 2, "each event applied once, across the upgrade");
+    let users: Vec<String> = sqlx::query_scalar("SELECT username FROM shop.users ORDER BY 1")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(users, ["ada", "grace"]);
+    db.drop_database().await;
+}
