@@ -5,7 +5,7 @@
 #   2. the unit and doc tests of the client, the shop and the command crates, and the
 #      integration tests in tests/ against a private cluster that preloads the extension;
 #   3. the examples (the seed's minimal event store interface, the shop pipeline);
-#   4. the psql walkthroughs in sql/, run as written;
+#   4. the psql walkthroughs in sql/, run as written and compared with sql/expected/;
 #   5. the eventstore command end to end: migrate, generate, run, stats, rebuild, replay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,20 +62,10 @@ for example in pg_eventstore_client:minimal_event_store pg_eventstore_shop:shop_
   fi
 done
 
-echo "== psql walkthroughs in sql/"
+echo "== psql walkthroughs in sql/, compared with sql/expected/"
 port=$(cat "$cluster/port")
-walkthroughs=0
-for script in sql/*.sql; do
-  db="walkthrough_$(basename "$script" .sql | tr -c 'a-z0-9\n' '_')"
-  psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "CREATE DATABASE $db" >/dev/null
-  if psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$db" -f "$script" >/dev/null; then
-    echo "walkthrough: $script ok"
-    walkthroughs=$((walkthroughs + 1))
-  else
-    echo "walkthrough: $script FAILED" >&2
-    exit 1
-  fi
-done
+scripts/walkthroughs.sh "$port"
+walkthroughs=$(find sql -maxdepth 1 -name '*.sql' | wc -l)
 echo "== the eventstore command end to end"
 db=command_line
 psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "CREATE DATABASE $db" >/dev/null

@@ -4,7 +4,7 @@
 CREATE EXTENSION IF NOT EXISTS pg_eventstore;
 
 SELECT eventstore.create_group('shop-processing',
-    event_types => ARRAY['ShopDataReceived'], max_attempts => 2, lease_timeout => '1 second');
+    event_types => ARRAY['ShopDataReceived'], max_attempts => 2, lease_timeout => '5 seconds');
 
 -- The gateway stores five raw messages on the input stream.
 SELECT eventstore.append('shop-input', jsonb_agg(jsonb_build_object(
@@ -26,7 +26,7 @@ SELECT eventstore.ack('shop-processing', 'worker-1', :'w2'::bigint[]) AS acked_b
 
 -- Worker 1 dies without acking. After its lease runs out, worker 2 gets its events again
 -- (attempt 2), together with the retry of o5.
-SELECT pg_sleep(1.1);
+SELECT pg_sleep(5.1);
 SELECT position, data->>'orderId' AS order_id, attempt FROM eventstore.fetch('shop-processing', 'worker-2', 100);
 
 -- One is invalid, parked at once; o5 fails again and, out of attempts, is parked; the rest

@@ -526,3 +526,56 @@ async fn correlation_and_causation_ids_follow_the_cause() {
     assert_eq!(effect[0].correlation_id(), Some(command));
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn the_clients_constants_agree_with_the_server() {
+    let db = TestDb::new(2).await;
+    // The expected-version sentinels.
+    let (any, no_stream, exists): (Option<i64>, i64, i64) = sqlx::query_as(
+        "SELECT eventstore.any_version(), eventstore.no_stream(), eventstore.stream_exists()",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(ExpectedVersion::Any.to_sql().unwrap(), any);
+    assert_eq!(ExpectedVersion::NoStream.to_sql().unwrap(), Some(no_stream));
+    assert_eq!(
+        ExpectedVersion::StreamExists.to_sql().unwrap(),
+        Some(exists)
+    );
+    // The largest page: accepted at MAX_PAGE_SIZE, refused one above.
+    let read = |count: i64| {
+        sqlx::query("SELECT * FROM eventstore.read_all(0, $1::int)")
+            .bind(count)
+            .fetch_all(&db.pool)
+    };
+    assert!(read(i64::from(pg_eventstore_client::MAX_PAGE_SIZE))
+        .await
+        .is_ok());
+    let above = read(i64::from(pg_eventstore_client::MAX_PAGE_SIZE) + 1).await;
+    assert_eq!(
+        pg_eventstore_tests::sqlstate(&above).as_deref(),
+        Some("22023")
+    );
+    // The wake-up channel: an append wakes a session listening on CHANNEL.
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .unwrap();
+    listener
+        .listen(pg_eventstore_client::CHANNEL)
+        .await
+        .unwrap();
+    let store = EventStore::from_pool(db.pool.clone());
+    store
+        .append(
+            "order-1",
+            ExpectedVersion::NoStream,
+            [event("order-placed", 1)],
+        )
+        .await
+        .unwrap();
+    let woken = tokio::time::timeout(pg_eventstore_tests::PATIENCE, listener.recv()).await;
+    assert!(matches!(woken, Ok(Ok(_))), "a wake-up on CHANNEL");
+    drop(listener);
+    db.drop_database().await;
+}

@@ -12,6 +12,15 @@ use uuid::Uuid;
 
 use crate::{Error, Result};
 
+/// The columns of `eventstore.recorded_event`, in order: the one list the client's queries
+/// select ([`RecordedEvent::from_row`] reads them by name).
+macro_rules! recorded_event_columns {
+    () => {
+        "position, stream, version, type, data, metadata, id, recorded_at"
+    };
+}
+pub(crate) use recorded_event_columns;
+
 /// Metadata key of the correlation id: the id shared by every event of one business
 /// conversation.
 pub const CORRELATION_ID: &str = "$correlationId";

@@ -18,8 +18,10 @@ pub enum ExpectedVersion {
 }
 
 impl ExpectedVersion {
-    /// The `expected_version` argument of `eventstore.append`.
-    pub(crate) fn to_sql(self) -> Result<Option<i64>> {
+    /// The `expected_version` argument of `eventstore.append` (`NULL` for any, the values of
+    /// `eventstore.no_stream()` and `eventstore.stream_exists()`, or the version);
+    /// [`Error::InvalidArgument`] for a version beyond `bigint`.
+    pub fn to_sql(self) -> Result<Option<i64>> {
         match self {
             ExpectedVersion::Any => Ok(None),
             ExpectedVersion::NoStream => Ok(Some(-1)),

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use futures_core::Stream;
 use sqlx::{PgConnection, PgExecutor, PgPool, Row};
 
+use crate::event::recorded_event_columns;
 use crate::{Error, RecordedEvent, Result};
 
 /// The largest page the server hands out in one call.
@@ -195,8 +196,7 @@ pub(crate) async fn read_all_with_head<'e>(
     categories: Option<&[String]>,
 ) -> Result<(Vec<RecordedEvent>, u64)> {
     let rows = sqlx::query(
-        "SELECT h.head, r.position, r.stream, r.version, r.type, r.data, r.metadata, r.id, \
-                r.recorded_at \
+        "SELECT h.head, r.* \
          FROM (SELECT eventstore.head_position() AS head) AS h \
          LEFT JOIN LATERAL eventstore.read_all($1, $2, $3, $4) AS r ON true \
          ORDER BY r.position",
@@ -246,10 +246,11 @@ impl Cursor {
                     Some(version) => to_i64("version", *version)?,
                     None => -1,
                 };
-                sqlx::query(
-                    "SELECT position, stream, version, type, data, metadata, id, recorded_at \
-                     FROM eventstore.read_stream($1, $2, $3, $4)",
-                )
+                sqlx::query(concat!(
+                    "SELECT ",
+                    recorded_event_columns!(),
+                    " FROM eventstore.read_stream($1, $2, $3, $4)"
+                ))
                 .bind(stream.as_str())
                 .bind(from)
                 .bind(count)
@@ -259,10 +260,11 @@ impl Cursor {
                 after,
                 event_types,
                 categories,
-            } => sqlx::query(
-                "SELECT position, stream, version, type, data, metadata, id, recorded_at \
-                 FROM eventstore.read_all($1, $2, $3, $4)",
-            )
+            } => sqlx::query(concat!(
+                "SELECT ",
+                recorded_event_columns!(),
+                " FROM eventstore.read_all($1, $2, $3, $4)"
+            ))
             .bind(to_i64("position", *after)?)
             .bind(count)
             .bind(event_types.as_deref())
@@ -279,10 +281,11 @@ impl Cursor {
                     ),
                     None => (None, None),
                 };
-                sqlx::query(
-                    "SELECT position, stream, version, type, data, metadata, id, recorded_at \
-                     FROM eventstore.read_category($1, $2, $3, $4, $5)",
-                )
+                sqlx::query(concat!(
+                    "SELECT ",
+                    recorded_event_columns!(),
+                    " FROM eventstore.read_category($1, $2, $3, $4, $5)"
+                ))
                 .bind(category.as_str())
                 .bind(to_i64("position", *after)?)
                 .bind(count)

@@ -76,16 +76,30 @@ pub(crate) fn parse(events: pg_sys::Datum) -> Vec<NewEvent> {
     }
 }
 
+/// The jsonb `{}`, built once per batch as the default metadata.
+///
+/// # Safety
+/// Calls into the server (`JsonbValueToJsonb`): only in a backend, inside a memory context
+/// that outlives the batch (the function call's).
 unsafe fn empty_object() -> pg_sys::Datum {
     let mut value: pg_sys::JsonbValue = std::mem::zeroed();
     value.type_ = jbvType::jbvObject;
     to_jsonb(&mut value)
 }
 
+/// Whether `value` is a jsonb object.
+///
+/// # Safety
+/// `value` comes from a jsonb container walk, so a `jbvBinary` value's `data` points to a
+/// valid container.
 unsafe fn is_object(value: &pg_sys::JsonbValue) -> bool {
     value.type_ == jbvType::jbvBinary && (*value.val.binary.data).header & pg_sys::JB_FOBJECT != 0
 }
 
+/// The value of key `name` in `object`, if present.
+///
+/// # Safety
+/// `object` points to a valid jsonb object container that lives as long as the value used.
 unsafe fn field(object: *mut pg_sys::JsonbContainer, name: &str) -> Option<pg_sys::JsonbValue> {
     let mut value: pg_sys::JsonbValue = std::mem::zeroed();
     let found = pg_sys::getKeyJsonValueFromContainer(
@@ -97,6 +111,11 @@ unsafe fn field(object: *mut pg_sys::JsonbContainer, name: &str) -> Option<pg_sy
     (!found.is_null()).then_some(value)
 }
 
+/// `value` as text when it is a jsonb string.
+///
+/// # Safety
+/// A `jbvString` value's `val`/`len` describe bytes inside a container that outlives the
+/// returned `&str`.
 unsafe fn string(value: &pg_sys::JsonbValue) -> Option<&str> {
     if value.type_ != jbvType::jbvString {
         return None;
@@ -109,10 +128,19 @@ unsafe fn string(value: &pg_sys::JsonbValue) -> Option<&str> {
     std::str::from_utf8(bytes).ok()
 }
 
+/// `value` as a jsonb datum, palloc'd in the current memory context.
+///
+/// # Safety
+/// `value` is a well-formed `JsonbValue`; only in a backend.
 unsafe fn to_jsonb(value: &mut pg_sys::JsonbValue) -> pg_sys::Datum {
     pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(value))
 }
 
+/// Validates element `index` of the batch; raises 22023 naming the field.
+///
+/// # Safety
+/// `element` comes from the batch's container walk; `empty_object` is a jsonb datum valid for
+/// the call.
 unsafe fn parse_event(
     index: usize,
     element: &pg_sys::JsonbValue,
@@ -214,6 +242,9 @@ unsafe fn parse_event(
 }
 
 /// The first key of `object` that is not an event field, for the error message.
+///
+/// # Safety
+/// `object` points to a valid jsonb object container.
 unsafe fn unknown_field(object: *mut pg_sys::JsonbContainer) -> Option<String> {
     let mut iterator = pg_sys::JsonbIteratorInit(object);
     let mut value: pg_sys::JsonbValue = std::mem::zeroed();

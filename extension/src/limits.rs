@@ -11,7 +11,7 @@ pub(crate) const MAX_TYPE_BYTES: usize = 1024;
 pub(crate) const MAX_READ_COUNT: i32 = 100_000;
 
 /// Bits of a position that number the events within one transaction; the bits above them
-/// hold the transaction id. DESIGN.md: `position = xid << 20 | index`.
+/// hold the transaction id: `position = xid << 20 | index` (see src/position.rs).
 pub(crate) const POSITION_INDEX_BITS: u32 = 20;
 
 /// Most events one transaction can append.

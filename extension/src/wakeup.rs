@@ -104,6 +104,9 @@ impl Default for Slots {
 // SAFETY: plain data and atomics, no pointers.
 unsafe impl PGRXSharedMemory for Slots {}
 
+// SAFETY: `PgLwLock::new` requires the lock to be set up by `pg_shmem_init!` before use;
+// `init` does that in `_PG_init` during `shared_preload_libraries`, and every use is behind
+// `preloaded()`, which is only true then.
 static SLOTS: PgLwLock<Slots> = unsafe { PgLwLock::new(c"pg_eventstore wake-ups") };
 
 /// Sessions that ran `LISTEN eventstore`, per database, so a worker whose database has no
@@ -133,6 +136,7 @@ impl Default for Listeners {
 // SAFETY: plain old data, no pointers.
 unsafe impl PGRXSharedMemory for Listeners {}
 
+// SAFETY: as for `SLOTS`: set up by `pg_shmem_init!` in `_PG_init`, used only when preloaded.
 static LISTENERS: PgLwLock<Listeners> = unsafe { PgLwLock::new(c"pg_eventstore listeners") };
 const MAX_LISTENING_DATABASES: usize = 64;
 

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The psql walkthroughs in sql/, each run as written (psql -a: statements echoed, results and
+# notices after them) in a fresh database of the cluster on PORT, and compared with
+# sql/expected/NAME.out in the pg_regress way. What differs between runs by nature is
+# normalized on both sides first: positions (transaction ids), generated ids, timestamps,
+# and the column widths they change.
+#
+#   scripts/walkthroughs.sh PORT            compare; prints a diff and fails on a difference
+#   scripts/walkthroughs.sh PORT --update   rewrite the expected files
+set -euo pipefail
+cd "$(dirname "$0")/.."
+port=${1:?usage: walkthroughs.sh PORT [--update]}
+update=${2:-}
+
+normalize() {
+  sed -E \
+    -e 's/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/<uuid>/g' \
+    -e 's/[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([+-][0-9]{2}(:[0-9]{2})?|Z)?/<time>/g' \
+    -e 's/\b[0-9]{7,}\b/<position>/g' \
+    -e 's/-{2,}/--/g' -e 's/ +/ /g' -e 's/ +$//'
+}
+
+mkdir -p sql/expected
+failed=0
+passed=0
+for script in sql/*.sql; do
+  name=$(basename "$script" .sql)
+  db="walkthrough_$(tr -c 'a-z0-9\n' '_' <<<"$name")"
+  PGOPTIONS="-c client_min_messages=warning" psql -X -q -h 127.0.0.1 -p "$port" -U postgres \
+    -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
+  actual=$(mktemp)
+  if ! psql -X -a -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$db" \
+    -f "$script" >"$actual" 2>&1; then
+    echo "walkthrough: $script FAILED to run" >&2
+    cat "$actual" >&2
+    failed=$((failed + 1))
+    continue
+  fi
+  expected=sql/expected/$name.out
+  if [ "$update" = --update ]; then
+    cp "$actual" "$expected"
+    echo "walkthrough: $expected written"
+  elif [ ! -f "$expected" ]; then
+    echo "walkthrough: $expected is missing (scripts/walkthroughs.sh PORT --update)" >&2
+    failed=$((failed + 1))
+  elif diff -u <(normalize <"$expected") <(normalize <"$actual") >"$actual.diff"; then
+    echo "walkthrough: $script ok"
+    passed=$((passed + 1))
+  else
+    echo "walkthrough: $script differs from $expected:" >&2
+    cat "$actual.diff" >&2
+    failed=$((failed + 1))
+  fi
+  rm -f "$actual" "$actual.diff"
+done
+echo "walkthroughs: $passed of $((passed + failed)) match their expected output"
+[ "$failed" = 0 ]
