@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or an old one:
 #   1. the in-database #[pg_test] tests (pgrx runs them in a cluster of its own);
-#   0. formatting and lints (cargo fmt --check, clippy -D warnings on every target);
+#   0. formatting and lints (cargo fmt --check, clippy -D warnings on every target), and
+#      the released SQL frozen (scripts/check-frozen-sql.sh);
 #   2. the unit and doc tests of the client, the shop and the command crates, and the
 #      integration tests in tests/ against a private cluster that preloads the extension;
 #   3. the examples (the seed's minimal event store interface, the shop pipeline);
@@ -24,6 +25,7 @@ echo "== formatting and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 echo "format and lints: ok"
+scripts/check-frozen-sql.sh
 
 echo "== pg_test: SQL functions and errors, inside PostgreSQL"
 # cargo pgrx test installs the library too; never overwrite one a running server maps.

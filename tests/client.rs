@@ -56,12 +56,12 @@ async fn migrate_creates_the_extension_once_even_when_called_concurrently() {
                 name: "pg_eventstore_extension".to_owned()
             },
             AppliedMigration {
-                version: 3,
-                name: "pg_eventstore_0_2_0".to_owned()
-            },
-            AppliedMigration {
                 version: 4,
                 name: "projection_checkpoints".to_owned()
+            },
+            AppliedMigration {
+                version: 5,
+                name: "pg_eventstore_0_3_0".to_owned()
             }
         ]
     );

@@ -249,7 +249,7 @@ async fn the_sql_contract_leases_acks_retries_and_parks() {
             "SELECT eventstore.create_group('h', from_position => -1)",
             "22023",
         ),
-        ("SELECT * FROM eventstore.fetch('nope', 'a')", "22023"),
+        ("SELECT * FROM eventstore.fetch('nope', 'a')", "42704"),
         ("SELECT * FROM eventstore.fetch('g', '')", "22023"),
         ("SELECT * FROM eventstore.fetch('g', 'a', -1)", "22023"),
         ("SELECT eventstore.ack('g', 'a', NULL)", "22023"),
@@ -257,7 +257,9 @@ async fn the_sql_contract_leases_acks_retries_and_parks() {
             "SELECT eventstore.nack('g', 'a', '{}', '-1 second')",
             "22023",
         ),
-        ("SELECT eventstore.delete_group('nope')", "22023"),
+        ("SELECT eventstore.delete_group('nope')", "42704"),
+        ("SELECT eventstore.ack('nope', 'a', '{}')", "42704"),
+        ("SELECT * FROM eventstore.parked('nope')", "42704"),
         (
             "SELECT eventstore.alter_group('g', max_attempts => -3)",
             "22023",
@@ -274,6 +276,24 @@ async fn the_sql_contract_leases_acks_retries_and_parks() {
         store.create_group("g", &GroupSettings::default()).await,
         Err(Error::GroupExists(name)) if name == "g"
     ));
+    assert!(matches!(
+        store.fetch("nope", "a", 1).await,
+        Err(Error::GroupNotFound(name)) if name == "nope"
+    ));
+    assert!(matches!(
+        store.parked("nope").await,
+        Err(Error::GroupNotFound(name)) if name == "nope"
+    ));
+    let no_group = store.delete_group("nope").await.unwrap_err();
+    assert_eq!(no_group.sqlstate().as_deref(), Some("42704"));
+    assert!(
+        store
+            .group_consumer("nope", ConsumerOptions::default())
+            .run(|_| async { Ok(()) }, std::future::pending())
+            .await
+            .is_err_and(|error| matches!(error, Error::GroupNotFound(_))),
+        "a consumer of a missing group ends with GroupNotFound"
+    );
     store.delete_group("g").await.unwrap();
     assert_eq!(
         int(pool, "SELECT count(*)::int FROM eventstore.group_events").await,

@@ -60,8 +60,8 @@ async fn the_store_migrations_create_the_store_and_nothing_else() {
     db.drop_database().await;
 }
 
-/// The store migrations of release 0.2.0, as refinery saw them: V1 and V3 are the files
-/// still in `migrations/eventstore`, V2 the one that moved (kept as a fixture).
+/// The store migrations of release 0.2.0, as refinery saw them: V1 is the file still in
+/// `migrations/eventstore`, V2 and V3 the ones that left it (kept as fixtures).
 fn release_0_2_0() -> Runner {
     let migration = |name: &str, sql: &str| Migration::unapplied(name, sql).unwrap();
     Runner::new(&[
@@ -75,7 +75,7 @@ fn release_0_2_0() -> Runner {
         ),
         migration(
             "V3__pg_eventstore_0_2_0",
-            include_str!("../migrations/eventstore/V3__pg_eventstore_0_2_0.sql"),
+            include_str!("fixtures/release-0.2.0-V3__pg_eventstore_0_2_0.sql"),
         ),
     ])
 }
@@ -84,7 +84,13 @@ fn release_0_2_0() -> Runner {
 async fn a_database_set_up_by_release_0_2_0_keeps_its_events_read_models_and_checkpoints() {
     let db = TestDb::empty(8).await;
     let store = EventStore::from_pool(db.pool.clone());
-    // What 0.2.0's migrate() did: its three migrations, in the store's history table.
+    // What 0.2.0's migrate() did with the 0.2.0 library: the extension at 0.2.0 (its install
+    // script is kept in extension/sql/released/), its three migrations in the store's
+    // history table.
+    sqlx::query("CREATE EXTENSION pg_eventstore VERSION '0.2.0'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let old = store
         .migrate_set(release_0_2_0(), pg_eventstore_client::HISTORY_TABLE)
         .await
@@ -121,7 +127,16 @@ async fn a_database_set_up_by_release_0_2_0_keeps_its_events_read_models_and_che
     // The upgrade: the store's set now ends with the checkpoints, the shop's set adopts
     // the tables it finds.
     let upgraded = store.migrate().await.unwrap();
-    assert_eq!(upgraded, applied(&[(4, "projection_checkpoints")]));
+    assert_eq!(
+        upgraded,
+        applied(&[(4, "projection_checkpoints"), (5, "pg_eventstore_0_3_0")])
+    );
+    let version: String =
+        sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'pg_eventstore'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(version, "0.3.0");
     let history: Vec<(i32, String)> =
         sqlx::query_as("SELECT version, name::text FROM eventstore_schema_history ORDER BY 1")
             .fetch_all(&db.pool)
@@ -131,8 +146,8 @@ async fn a_database_set_up_by_release_0_2_0_keeps_its_events_read_models_and_che
         history,
         [
             (1, "pg_eventstore_extension".to_owned()),
-            (3, "pg_eventstore_0_2_0".to_owned()),
-            (4, "projection_checkpoints".to_owned())
+            (4, "projection_checkpoints".to_owned()),
+            (5, "pg_eventstore_0_3_0".to_owned())
         ]
     );
     let shop = pg_eventstore_shop::migrate(&store).await.unwrap();

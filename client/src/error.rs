@@ -81,11 +81,12 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
-    /// A persistent subscription group of that name exists already (SQLSTATE 23505 from
-    /// `eventstore.create_group`).
+    /// A persistent subscription group of that name exists already (SQLSTATE 23505 with the
+    /// constraint `subscription_groups_group_name_key`, from `eventstore.create_group`).
     #[error("subscription group {0:?} already exists")]
     GroupExists(String),
-    /// There is no persistent subscription group of that name.
+    /// There is no persistent subscription group of that name (SQLSTATE 42704 from the group
+    /// functions).
     #[error("subscription group {0:?} does not exist")]
     GroupNotFound(String),
     /// A projection is stopped at an event it cannot apply.
@@ -151,12 +152,38 @@ impl From<sqlx::Error> for Error {
                 message: message(),
             },
             Some("22023") => Error::InvalidEvent { message: message() },
-            Some("23505") => Error::DuplicateEventId { message: message() },
+            // An event id (the append's own refusal carries no constraint; the index's is
+            // events_id_key). A group's name is read by `on_group` at the group calls.
+            Some("23505")
+                if error
+                    .as_database_error()
+                    .and_then(|db| db.constraint())
+                    .is_none_or(|constraint| constraint != GROUP_NAME_KEY) =>
+            {
+                Error::DuplicateEventId { message: message() }
+            }
             Some("54000") => Error::LimitExceeded { message: message() },
             Some(code) if connection_code(code) => Error::Connection(error),
             Some(_) => Error::Database(error),
             None if connection_kind(&error) => Error::Connection(error),
             None => Error::Database(error),
+        }
+    }
+}
+
+/// The constraint `eventstore.create_group` names when the group exists already.
+const GROUP_NAME_KEY: &str = "subscription_groups_group_name_key";
+
+/// How the errors of a call on group `group` read: 42704 is that group missing, 23505 with
+/// the group-name constraint that group existing already; the rest as [`From`] says.
+pub(crate) fn on_group(group: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
+    move |error| {
+        let database = error.as_database_error();
+        let code = database.and_then(|db| db.code());
+        match (code.as_deref(), database.and_then(|db| db.constraint())) {
+            (Some("42704"), _) => Error::GroupNotFound(group.to_owned()),
+            (Some("23505"), Some(GROUP_NAME_KEY)) => Error::GroupExists(group.to_owned()),
+            _ => Error::from(error),
         }
     }
 }

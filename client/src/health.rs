@@ -49,47 +49,39 @@ fn count(value: i64) -> u64 {
 
 impl EventStore {
     /// Streams, events, the head of the global log, and the events and transaction that
-    /// hold it back.
+    /// hold it back (`eventstore.health()`).
     pub async fn health(&self) -> Result<Health> {
-        let mut connection = self.pool().acquire().await?;
-        // Events past the head are committed but not readable yet (rows of transactions
-        // still running are not visible here at all).
         let row = sqlx::query(
-            "SELECT (SELECT count(*) FROM eventstore.events WHERE version = 0) AS streams, \
-                    (SELECT count(*) FROM eventstore.events) AS events, h.head, \
-                    (SELECT count(*) FROM eventstore.events WHERE position > h.head) AS held_back \
-             FROM (SELECT eventstore.head_position() AS head) AS h",
+            "SELECT streams, events, head_position, held_back_events, oldest_xact_pid, \
+                    oldest_xact_database::text, oldest_xact_application, oldest_xact_state, \
+                    oldest_xact_start, \
+                    extract(epoch FROM oldest_xact_age)::float8 AS oldest_xact_seconds, \
+                    oldest_xact_query \
+             FROM eventstore.health()",
         )
-        .fetch_one(&mut *connection)
+        .fetch_one(self.pool())
         .await?;
-        let oldest = sqlx::query(
-            "SELECT pid, datname, application_name, state, xact_start, \
-                    extract(epoch FROM clock_timestamp() - xact_start)::float8 AS age, \
-                    left(query, 200) AS query \
-             FROM pg_stat_activity \
-             WHERE backend_xid IS NOT NULL \
-             ORDER BY age(backend_xid) DESC LIMIT 1",
-        )
-        .fetch_optional(&mut *connection)
-        .await?
-        .map(|row| -> Result<InFlightTransaction> {
-            let age: Option<f64> = row.try_get("age")?;
-            Ok(InFlightTransaction {
-                pid: row.try_get("pid")?,
-                database: row.try_get("datname")?,
-                application_name: row.try_get("application_name")?,
-                state: row.try_get("state")?,
-                started_at: row.try_get("xact_start")?,
-                age: Duration::from_secs_f64(age.unwrap_or_default().max(0.0)),
-                query: row.try_get("query")?,
-            })
-        })
-        .transpose()?;
+        let pid: Option<i32> = row.try_get("oldest_xact_pid")?;
+        let oldest = match pid {
+            None => None,
+            Some(pid) => {
+                let age: Option<f64> = row.try_get("oldest_xact_seconds")?;
+                Some(InFlightTransaction {
+                    pid,
+                    database: row.try_get("oldest_xact_database")?,
+                    application_name: row.try_get("oldest_xact_application")?,
+                    state: row.try_get("oldest_xact_state")?,
+                    started_at: row.try_get("oldest_xact_start")?,
+                    age: Duration::from_secs_f64(age.unwrap_or_default().max(0.0)),
+                    query: row.try_get("oldest_xact_query")?,
+                })
+            }
+        };
         Ok(Health {
             streams: count(row.try_get("streams")?),
             events: count(row.try_get("events")?),
-            head_position: count(row.try_get("head")?),
-            held_back_events: count(row.try_get("held_back")?),
+            head_position: count(row.try_get("head_position")?),
+            held_back_events: count(row.try_get("held_back_events")?),
             oldest_transaction: oldest,
         })
     }

@@ -24,11 +24,16 @@ pub const HISTORY_TABLE: &str = "eventstore_schema_history";
 /// Key of the advisory lock that makes concurrent migration runs (of any set) take turns.
 const MIGRATION_LOCK: i64 = 0x4553_4d49_4752_4154; // "ESMIGRAT"
 
-/// Release 0.2.0's store set had a V2 that created the shop read models too. They moved to
-/// the shop crate's own set (whose V1 adopts the existing tables) and the checkpoints to V4
-/// here, so that row is dropped from the history before the store's set runs: refinery would
-/// otherwise refuse a history naming a migration it does not have.
-const MOVED_MIGRATION: (i32, &str) = (2, "shop_read_models");
+/// Migrations of earlier releases' store sets that are no longer in it; their rows are
+/// dropped from the history before the store's set runs, since refinery refuses a history
+/// naming a migration it does not have:
+/// - V2 `shop_read_models` (releases 0.1.0 and 0.2.0) also created the shop's read models:
+///   those moved to the shop crate's own set (whose V1 adopts the existing tables), the
+///   checkpoint table to V4 here.
+/// - V3 `pg_eventstore_0_2_0` (release 0.2.0) ran `ALTER EXTENSION pg_eventstore UPDATE TO
+///   '0.2.0'`, which fails once V1 installs a newer version; V5 updates to 0.3.0 instead,
+///   through 0.2.0 when a database is older.
+const MOVED_MIGRATIONS: [(i32, &str); 2] = [(2, "shop_read_models"), (3, "pg_eventstore_0_2_0")];
 
 /// The store's own migrations, for [`crate::EventStore::migrate`].
 pub(crate) fn store_runner() -> refinery::Runner {
@@ -157,17 +162,19 @@ async fn run_locked(
             .fetch_one(&mut *connection)
             .await?;
         if exists {
-            let removed = sqlx::query(&format!(
-                "DELETE FROM {HISTORY_TABLE} WHERE version = $1 AND name = $2"
-            ))
-            .bind(MOVED_MIGRATION.0)
-            .bind(MOVED_MIGRATION.1)
-            .execute(&mut *connection)
-            .await?;
-            if removed.rows_affected() > 0 {
-                tracing::info!(
-                    "{HISTORY_TABLE}: V2__shop_read_models of release 0.2.0 moved to the shop's own migrations"
-                );
+            for (version, name) in MOVED_MIGRATIONS {
+                let removed = sqlx::query(&format!(
+                    "DELETE FROM {HISTORY_TABLE} WHERE version = $1 AND name = $2"
+                ))
+                .bind(version)
+                .bind(name)
+                .execute(&mut *connection)
+                .await?;
+                if removed.rows_affected() > 0 {
+                    tracing::info!(
+                        "{HISTORY_TABLE}: V{version}__{name} of an earlier release is superseded"
+                    );
+                }
             }
         }
     }

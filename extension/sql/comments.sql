@@ -56,4 +56,4 @@ COMMENT ON FUNCTION eventstore._refuse_event_change() IS
 'Internal: trigger that keeps stored events immutable.';
 
 COMMENT ON FUNCTION eventstore.wakeup_mode() IS
-'How appends wake subscribers on channel eventstore. coalesced: pg_eventstore is in shared_preload_libraries and one background worker per database sends NOTIFY eventstore with the head position at most once per millisecond. per_transaction: each appending transaction sends NOTIFY eventstore with an empty payload itself, which serializes notifying commits.';
+'How appends wake subscribers on channel eventstore. coalesced: pg_eventstore is in shared_preload_libraries and one background worker per database sends NOTIFY eventstore with the head position at most once per eventstore.wakeup_interval (3 ms by default). per_transaction: each appending transaction sends NOTIFY eventstore with an empty payload itself, which serializes notifying commits.';

@@ -3,7 +3,10 @@
 //! `CREATE EXTENSION pg_eventstore` creates schema `eventstore` with the event log, the append
 //! function (Rust, `append.rs`), the read functions (SQL the planner inlines, `sql/reads.sql`)
 //! and the argument checks they share (this file), and persistent subscription groups (SQL,
-//! `sql/pg_eventstore--0.1.0--0.2.0.sql`). The README documents the SQL API.
+//! `sql/pg_eventstore--0.1.0--0.2.0.sql`, changed by `sql/pg_eventstore--0.2.0--0.3.0.sql`).
+//! Each upgrade script is also part of the install script, and the install scripts of the
+//! released versions are kept as they were in `sql/released/`. The README documents the SQL
+//! API.
 
 use pgrx::prelude::*;
 
@@ -57,6 +60,13 @@ extension_sql_file!(
     "../sql/pg_eventstore--0.1.0--0.2.0.sql",
     name = "groups",
     requires = ["schema", "reads", _check_count, _check_category]
+);
+// 0.3.0: 42704 for unknown groups, the constraint name on an existing group, from_position
+// in the groups view, health(). Also the upgrade script from 0.2.0.
+extension_sql_file!(
+    "../sql/pg_eventstore--0.2.0--0.3.0.sql",
+    name = "release_0_3_0",
+    requires = ["groups", "reads", wakeup_mode]
 );
 extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 

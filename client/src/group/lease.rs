@@ -7,10 +7,12 @@ use std::time::Duration;
 use sqlx::PgExecutor;
 
 use super::{count, group_event, positions_arg, GroupEvent};
+use crate::error::on_group;
 use crate::{EventStore, Result};
 
 impl EventStore {
-    /// Leases up to `max_count` events of `group` to `consumer` (`eventstore.fetch`).
+    /// Leases up to `max_count` events of `group` to `consumer` (`eventstore.fetch`). Here
+    /// and in the other group calls, a missing group is [`crate::Error::GroupNotFound`].
     pub async fn fetch(
         &self,
         group: &str,
@@ -32,7 +34,8 @@ impl EventStore {
             .bind(consumer)
             .bind(i32::try_from(max_count).unwrap_or(i32::MAX))
             .fetch_all(executor)
-            .await?;
+            .await
+            .map_err(on_group(group))?;
         rows.iter().map(group_event).collect()
     }
 
@@ -57,7 +60,8 @@ impl EventStore {
             .bind(consumer)
             .bind(positions_arg(positions)?)
             .fetch_one(executor)
-            .await?;
+            .await
+            .map_err(on_group(group))?;
         Ok(count(acked))
     }
 
@@ -90,7 +94,8 @@ impl EventStore {
             .bind(retry_after)
             .bind(reason)
             .fetch_one(executor)
-            .await?;
+            .await
+            .map_err(on_group(group))?;
         Ok(count(nacked))
     }
 
@@ -119,7 +124,8 @@ impl EventStore {
             .bind(positions_arg(positions)?)
             .bind(reason)
             .fetch_one(executor)
-            .await?;
+            .await
+            .map_err(on_group(group))?;
         Ok(count(parked))
     }
 }

@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 
+use crate::error::on_group;
 use crate::{Error, EventStore, RecordedEvent, Result};
 
 /// How a group is set up; see `eventstore.create_group`.
@@ -165,32 +166,28 @@ impl EventStore {
             .bind(settings.ordered_by_stream)
             .execute(self.pool())
             .await;
-        match result.map_err(Error::from) {
-            Ok(_) => Ok(()),
-            Err(Error::DuplicateEventId { .. }) => Err(Error::GroupExists(group.to_owned())),
-            Err(error) => Err(error),
-        }
+        result.map(|_| ()).map_err(on_group(group))
     }
 
-    /// Deletes a group with its leases and parked events.
+    /// Deletes a group with its leases and parked events; [`Error::GroupNotFound`] when
+    /// there is none.
     pub async fn delete_group(&self, group: &str) -> Result<()> {
         sqlx::query("SELECT eventstore.delete_group($1)")
             .bind(group)
             .execute(self.pool())
-            .await?;
+            .await
+            .map_err(on_group(group))?;
         Ok(())
     }
 
     /// The groups with their position, in-flight, parked and lag counts, by name.
     pub async fn groups(&self) -> Result<Vec<GroupInfo>> {
         let rows = sqlx::query(
-            "SELECT v.group_name, v.position, v.in_flight, v.parked, v.lag, v.consumers, \
-                    v.categories, v.event_types, v.max_attempts, \
-                    extract(epoch FROM v.lease_timeout)::float8 AS lease_seconds, \
-                    v.ordered_by_stream, s.from_position \
-             FROM eventstore.groups AS v \
-             JOIN eventstore.subscription_groups AS s USING (group_name) \
-             ORDER BY v.group_name",
+            "SELECT group_name, position, in_flight, parked, lag, consumers, categories, \
+                    event_types, max_attempts, \
+                    extract(epoch FROM lease_timeout)::float8 AS lease_seconds, \
+                    ordered_by_stream, from_position \
+             FROM eventstore.groups ORDER BY group_name",
         )
         .fetch_all(self.pool())
         .await?;
@@ -224,7 +221,8 @@ impl EventStore {
         let rows = sqlx::query("SELECT * FROM eventstore.parked($1)")
             .bind(group)
             .fetch_all(self.pool())
-            .await?;
+            .await
+            .map_err(on_group(group))?;
         rows.iter()
             .map(|row| {
                 let GroupEvent { event, attempt } = group_event(row)?;
@@ -259,7 +257,8 @@ impl EventStore {
             .bind(group)
             .bind(positions)
             .fetch_one(self.pool())
-            .await?;
+            .await
+            .map_err(on_group(group))?;
         Ok(count(done))
     }
 }
