@@ -281,9 +281,9 @@ struct Follow {
     page_size: u32,
     poll_interval: Duration,
     buffer: VecDeque<RecordedEvent>,
-    /// After a wake-up without a head found nothing: look again after this long, doubling,
-    /// since the events may become readable when an older transaction ends.
-    recheck: Option<Duration>,
+    /// After a wake-up without a head found nothing: when to look again, doubling, since the
+    /// events may become readable when an older transaction ends.
+    recheck: Option<Backoff>,
     /// The wake-up generation the re-checks are for.
     recheck_for: u64,
     failed: bool,
@@ -331,16 +331,13 @@ impl Follow {
     /// Waits until there may be something new: a wake-up past the checkpoint, a due
     /// re-check, or the poll interval.
     async fn wait(&mut self, seen: Hint) {
-        if seen.generation > 0 && seen.head.is_none() {
-            // The last wake-up carried no head and this read found nothing (yet).
-            if seen.generation != self.recheck_for {
-                self.recheck_for = seen.generation;
-                self.recheck = Some(FIRST_RECHECK);
-            } else if let Some(recheck) = self.recheck {
-                self.recheck = Some(recheck * 2);
-            }
+        if seen.generation > 0 && seen.head.is_none() && seen.generation != self.recheck_for {
+            // The last wake-up carried no head and this read found nothing (yet): look again
+            // soon, less often each time, until the poll interval takes over.
+            self.recheck_for = seen.generation;
+            self.recheck = Some(Backoff::new(FIRST_RECHECK, self.poll_interval));
         }
-        let timeout = match self.recheck {
+        let timeout = match self.recheck.as_mut().map(Backoff::next_wait) {
             Some(recheck) if recheck < self.poll_interval => recheck,
             _ => {
                 self.recheck = None;

@@ -308,7 +308,8 @@ impl<'a> Runner<'a> {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<()> {
         let name = self.projection.name().to_owned();
-        let mut failure_wait: Option<Duration> = None;
+        // A failing event is retried after retry_interval, doubling up to a minute.
+        let mut failure_backoff = Backoff::new(options.retry_interval, LAST_FAILURE_RETRY);
         let mut backoff = Backoff::TRANSIENT;
         let mut progress = (Instant::now(), self.stored);
         loop {
@@ -319,7 +320,7 @@ impl<'a> Runner<'a> {
             let step = self.step(None).await?;
             match step {
                 Step::Applied { full: true, .. } | Step::Moved => {
-                    failure_wait = None;
+                    failure_backoff.reset();
                     backoff.reset();
                     if progress.0.elapsed() >= PROGRESS_EVERY {
                         tracing::info!(projection = %name, position = self.stored, "catching up");
@@ -328,14 +329,11 @@ impl<'a> Runner<'a> {
                     continue;
                 }
                 Step::Applied { full: false, .. } | Step::Idle => {
-                    failure_wait = None;
+                    failure_backoff.reset();
                     backoff.reset();
                 }
                 Step::Failed(failure) => {
-                    let wait = failure_wait.map_or(options.retry_interval, |wait| {
-                        (wait * 2).min(LAST_FAILURE_RETRY)
-                    });
-                    failure_wait = Some(wait);
+                    let wait = failure_backoff.next_wait();
                     tracing::error!(projection = %name, error = %failure, ?wait, "projection stopped at an event it cannot apply; retrying it later");
                     if sleep_or_stop(wait, stop).await {
                         return Ok(());
