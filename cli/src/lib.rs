@@ -159,7 +159,7 @@ pub struct ReadArgs {
     /// Read this stream.
     #[arg(long, conflicts_with = "category")]
     stream: Option<String>,
-    /// Read this category (streams <category>-*).
+    /// Read this category (the streams CATEGORY-*).
     #[arg(long)]
     category: Option<String>,
     /// Global log and categories: start after this position.

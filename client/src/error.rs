@@ -71,8 +71,9 @@ pub enum Error {
     /// Applying the migrations failed.
     #[error("migration failed: {0}")]
     Migration(#[source] refinery_core::Error),
-    /// The server could not be reached at all (nothing listening, no route, refused
-    /// credentials at connect): the first connection of [`crate::EventStore::connect`].
+    /// No server answered the first connection of [`crate::EventStore::connect`] (nothing
+    /// listening, no route, a failed TLS handshake). A server that answers and refuses (bad
+    /// credentials, no such database) gives its SQLSTATE as [`Error::Database`] instead.
     #[error("cannot connect to {server}: {source}")]
     Unreachable {
         /// `host:port` (or the socket) connected to.

@@ -18,7 +18,7 @@ pub struct ProjectionStats {
     /// Events applied since it last started from zero.
     pub events_applied: u64,
     /// Events after the checkpoint it has still to apply (of its types, when the projection
-    /// was passed to [`stats`]; of any type otherwise).
+    /// was passed to [`status`]; of any type otherwise).
     pub events_behind: u64,
     /// How long ago the oldest of those was recorded (zero when there is none).
     pub lag: Duration,
