@@ -8,8 +8,16 @@ bin=${1:?usage: command-line-check.sh EVENTSTORE_BINARY}
 : "${DATABASE_URL:?}"
 psql_q() { psql -X -A -t -q -d "$DATABASE_URL" -c "$1"; }
 fail() { echo "command-line check: $*" >&2; exit 1; }
+# Runs a command to its end, then looks for an extended regex in what it printed. (Piping it
+# into grep -q would close the pipe at the first match while the command still writes.)
+expect() {
+  local pattern=$1 what=$2 out
+  shift 2
+  out=$("$@") || fail "$what: exit status $?"
+  grep -qE -- "$pattern" <<<"$out" || fail "$what: $out"
+}
 
-"$bin" --help | grep -q "projection daemon" || fail "--help"
+expect "projection daemon" "--help" "$bin" --help
 for sub in run migrate append read tail rebuild replay stats groups generate; do
   "$bin" "$sub" --help >/dev/null || fail "$sub --help"
 done
@@ -28,30 +36,30 @@ for applied in "V1__pg_eventstore_extension (eventstore_schema_history)" \
   "V4__projection_checkpoints (eventstore_schema_history)" "V1__shop_read_models (shop_schema_history)"; do
   grep -qF "applied $applied" <<<"$migrated" || fail "migrate: $migrated"
 done
-"$bin" migrate | grep -q "up to date" || fail "second migrate"
-"$bin" generate --users 50 --orders 300 | grep -q "generated 50 users and 300 orders" || fail "generate"
+expect "up to date" "second migrate" "$bin" migrate
+expect "generated 50 users and 300 orders" generate "$bin" generate --users 50 --orders 300
 
 RUST_LOG=warn "$bin" run &
 daemon=$!
 trap 'kill -TERM $daemon 2>/dev/null || true' EXIT
 events=$(psql_q "SELECT count(*) FROM eventstore.events")
-for _ in $(seq 1 300); do
+for _ in $(seq 1 3000); do
   applied=$(psql_q "SELECT coalesce((SELECT events_applied FROM projections.checkpoints WHERE name = 'shop'), 0)")
   [ "$applied" = "$events" ] && break
   sleep 0.1
 done
 [ "$applied" = "$events" ] || fail "the daemon applied $applied of $events events"
-"$bin" stats | grep -E "^shop .* caught up$" >/dev/null || fail "stats: $("$bin" stats)"
+expect "^shop .* caught up$" stats "$bin" stats
 
 # A live append reaches the read model.
-"$bin" append user-zed --type user-created --data '{"username": "zed", "fullName": "Zed"}' \
-  --expected-version no-stream | grep -q "appended user-zed@0..0" || fail "append"
-for _ in $(seq 1 100); do
+expect "appended user-zed@0\.\.0" append "$bin" append user-zed --type user-created \
+  --data '{"username": "zed", "fullName": "Zed"}' --expected-version no-stream
+for _ in $(seq 1 1000); do
   [ "$(psql_q "SELECT count(*) FROM shop.users WHERE username = 'zed'")" = 1 ] && break
   sleep 0.1
 done
 [ "$(psql_q "SELECT full_name FROM shop.users WHERE username = 'zed'")" = Zed ] || fail "live update"
-"$bin" read --stream user-zed | grep -q "user-zed@0  user-created" || fail "read"
+expect "user-zed@0  user-created" read "$bin" read --stream user-zed
 if "$bin" append user-zed --type user-created --data '{}' --expected-version no-stream 2>/tmp/err.$$; then
   fail "a conflicting append succeeded"
 fi
@@ -60,23 +68,23 @@ rm -f /tmp/err.$$
 
 # Groups: create one in SQL, park an event, and settle it from the command line.
 psql_q "SELECT eventstore.create_group('cli-check', event_types => ARRAY['user-created'])" >/dev/null
-"$bin" groups | grep -E "^cli-check " >/dev/null || fail "groups: $("$bin" groups)"
+expect "^cli-check " groups "$bin" groups
 parked_at=$(psql_q "SELECT position FROM eventstore.fetch('cli-check', 'c1', 1)")
 [ "$(psql_q "SELECT eventstore.park('cli-check', 'c1', ARRAY[$parked_at::bigint], 'checked by hand')")" = 1 ] || fail "park"
-"$bin" groups parked cli-check | grep -q "checked by hand" || fail "groups parked"
-"$bin" groups replay-parked cli-check --position "$parked_at" | grep -q "^1 parked events" || fail "groups replay-parked"
-"$bin" groups --format json | grep -q '"name":"cli-check"' || fail "groups --format json"
+expect "checked by hand" "groups parked" "$bin" groups parked cli-check
+expect "^1 parked events" "groups replay-parked" "$bin" groups replay-parked cli-check --position "$parked_at"
+expect '"name":"cli-check"' "groups --format json" "$bin" groups --format json
 if "$bin" groups parked no-such-group 2>/tmp/err.$$; then fail "parked of a missing group succeeded"; fi
 rm -f /tmp/err.$$
 
 # Rebuild while the daemon runs it: the daemon replays, the command follows its progress.
 before=$(psql_q "SELECT md5(string_agg(u::text, ',' ORDER BY username)) FROM shop.users u")
-"$bin" rebuild shop --yes | grep -q "rebuilt shop" || fail "rebuild"
+expect "rebuilt shop" rebuild "$bin" rebuild shop --yes
 after=$(psql_q "SELECT md5(string_agg(u::text, ',' ORDER BY username)) FROM shop.users u")
 [ "$before" = "$after" ] || fail "rebuild changed shop.users"
 
 head=$(psql_q "SELECT eventstore.head_position()")
-"$bin" replay shop --schema asof --position "$head" | grep -q "through position $head" || fail "replay"
+expect "through position $head" replay "$bin" replay shop --schema asof --position "$head"
 [ "$(psql_q "SELECT count(*) FROM (TABLE shop.orders EXCEPT TABLE asof.orders) d")" = 0 ] || fail "replay differs"
 
 kill -TERM $daemon

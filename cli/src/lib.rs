@@ -791,6 +791,12 @@ pub fn run_command<F>(program: &str, default_level: &str, work: F) -> ExitCode
 where
     F: Future<Output = Result<()>>,
 {
+    // A closed pipe (`eventstore read | head`) ends the command quietly, as it ends any Unix
+    // tool, rather than in a panic of println!.
+    // SAFETY: restores the default disposition of SIGPIPE, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
