@@ -41,9 +41,6 @@ COMMENT ON FUNCTION eventstore.no_stream() IS
 COMMENT ON FUNCTION eventstore.stream_exists() IS
 'expected_version for append meaning the stream must exist: -2.';
 
-COMMENT ON FUNCTION eventstore._visible_below() IS
-'Internal: every event below this position belongs to an ended transaction (the snapshot''s xmin << 20).';
-
 COMMENT ON FUNCTION eventstore._check_stream(text) IS 'Internal: validates a stream name (22023).';
 COMMENT ON FUNCTION eventstore._check_category(text) IS 'Internal: validates a category name (22023).';
 COMMENT ON FUNCTION eventstore._check_count(integer) IS 'Internal: validates max_count (22023).';

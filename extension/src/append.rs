@@ -12,7 +12,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::error::{
-    concurrent_append, duplicate_event_id, invalid_parameter, out_of_order, raise,
+    concurrent_append, duplicate_event_id, invalid_parameter, on_standby, out_of_order, raise,
     wrong_expected_version,
 };
 use crate::event_batch::{self, NewEvent};
@@ -137,6 +137,7 @@ pub extern "C" fn pg_finfo_eventstore_append() -> &'static pg_sys::Pg_finfo_reco
 pub unsafe extern "C-unwind" fn eventstore_append(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
+    refuse_on_standby("append");
     // SAFETY: fcinfo is the live call of eventstore.append.
     let Call {
         stream_datum,
@@ -175,6 +176,7 @@ pub extern "C" fn pg_finfo_eventstore_try_append() -> &'static pg_sys::Pg_finfo_
 pub unsafe extern "C-unwind" fn eventstore_try_append(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
+    refuse_on_standby("try_append");
     // SAFETY: fcinfo is the live call of eventstore.try_append.
     let Call {
         stream_datum,
@@ -188,6 +190,14 @@ pub unsafe extern "C-unwind" fn eventstore_try_append(
             result_tuple(fcinfo, Some(appended), Some(appended.last_version))
         },
         Err(WrongVersion { current }) => unsafe { result_tuple(fcinfo, None, Some(current)) },
+    }
+}
+
+/// A standby cannot assign transaction ids; say so before anything tries (25006, not XX000).
+fn refuse_on_standby(function: &str) {
+    // SAFETY: a read of shared recovery state.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        raise(on_standby(function));
     }
 }
 

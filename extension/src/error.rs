@@ -91,6 +91,18 @@ pub(crate) fn duplicate_event_id(id: &str, stream: &str, version: i64) -> ErrorR
     .set_hint("Give each new event a fresh id.")
 }
 
+/// 25006 `read_only_sql_transaction`: a write on a hot standby.
+#[track_caller]
+pub(crate) fn on_standby(what: &str) -> ErrorReport {
+    ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+        format!("cannot run eventstore.{what} on a hot standby"),
+        SOURCE,
+    )
+    .set_detail("This server is a standby in recovery; it serves reads only.")
+    .set_hint("Send writes to the primary.")
+}
+
 /// 54000 `program_limit_exceeded`.
 #[track_caller]
 pub(crate) fn limit_exceeded(message: impl Into<String>) -> ErrorReport {

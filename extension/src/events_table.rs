@@ -65,7 +65,10 @@ pub(crate) struct EventsTable {
 }
 
 impl EventsTable {
-    /// Opens the table with the lock an INSERT takes, after checking the INSERT privilege.
+    /// Opens the table with the lock an INSERT takes. The caller's right to append is
+    /// EXECUTE on `append` (granted to `eventstore_writer`), not INSERT on the table, which
+    /// would let it write rows past append's checks; only the SPI fallback, a full INSERT
+    /// statement, needs INSERT.
     pub(crate) fn open() -> EventsTable {
         // SAFETY: inside a transaction; what is opened here is closed in `drop`, and an ERROR
         // in between is cleaned up by the transaction abort.
@@ -74,14 +77,6 @@ impl EventsTable {
             let relid = relation_oid(c"events", namespace);
             let index_oid = relation_oid(c"events_stream_version_key", namespace);
             let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-            let acl = pg_sys::pg_class_aclcheck(
-                relid,
-                pg_sys::GetUserId(),
-                pg_sys::ACL_INSERT as pg_sys::AclMode,
-            );
-            if acl != pg_sys::AclResult::ACLCHECK_OK {
-                pg_sys::aclcheck_error(acl, pg_sys::ObjectType::OBJECT_TABLE, c"events".as_ptr());
-            }
             let inserter = Inserter::new(rel);
             let stream_index = match &inserter {
                 Some(inserter) => opened_index(inserter.result_rel, index_oid),
@@ -218,12 +213,7 @@ impl Inserter {
             if form.relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char || form.relrowsecurity {
                 return None;
             }
-            let triggers = (*rel).trigdesc;
-            if !triggers.is_null()
-                && ((*triggers).trig_insert_before_statement
-                    || (*triggers).trig_insert_after_statement
-                    || (*triggers).trig_insert_new_table)
-            {
+            if needs_statement_triggers((*rel).trigdesc) {
                 return None;
             }
             let columns = column_indexes((*rel).rd_att)?;
@@ -266,6 +256,33 @@ impl Inserter {
             pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);
             pg_sys::FreeExecutorState(self.estate);
         }
+    }
+}
+
+/// The extension's own statement trigger, which handles loads of events by COPY or INSERT
+/// (`eventstore._events_loaded()`) and has nothing to do for an append.
+const LOAD_TRIGGER: &CStr = c"events_loaded";
+
+/// Whether the table has INSERT statement triggers other than `LOAD_TRIGGER`, or transition
+/// tables, which only the full executor fires.
+unsafe fn needs_statement_triggers(triggers: *const pg_sys::TriggerDesc) -> bool {
+    if triggers.is_null() {
+        return false;
+    }
+    // SAFETY: the trigger descriptor of an open relation, `numtriggers` entries long.
+    unsafe {
+        let all = std::slice::from_raw_parts(
+            (*triggers).triggers,
+            usize::try_from((*triggers).numtriggers).unwrap_or(0),
+        );
+        all.iter().any(|trigger| {
+            let kind = i32::from(trigger.tgtype);
+            let on_insert = kind & pg_sys::TRIGGER_TYPE_INSERT as i32 != 0;
+            let per_statement = kind & pg_sys::TRIGGER_TYPE_ROW as i32 == 0;
+            on_insert
+                && (!trigger.tgnewtable.is_null()
+                    || (per_statement && CStr::from_ptr(trigger.tgname) != LOAD_TRIGGER))
+        })
     }
 }
 

@@ -3,7 +3,9 @@
 //! `CREATE EXTENSION pg_eventstore` creates schema `eventstore` with the event log, the append
 //! function (Rust, `append.rs`), the read functions (SQL the planner inlines, `sql/reads.sql`)
 //! and the argument checks they share (this file), and persistent subscription groups (SQL,
-//! `sql/pg_eventstore--0.1.0--0.2.0.sql`, changed by `sql/pg_eventstore--0.2.0--0.3.0.sql`).
+//! `sql/pg_eventstore--0.1.0--0.2.0.sql`, changed by `sql/pg_eventstore--0.2.0--0.3.0.sql`
+//! and `sql/pg_eventstore--0.3.0--0.4.0.sql`, which also adds the position base and the
+//! roles).
 //! Each upgrade script is also part of the install script, and the install scripts of the
 //! released versions are kept as they were in `sql/released/`. The README documents the SQL
 //! API.
@@ -30,6 +32,7 @@ pgrx::pg_module_magic!(name, version);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     wakeup::init();
+    position::init();
 }
 
 /// How appends wake subscribers on channel `eventstore`: `coalesced` (a background worker per
@@ -67,6 +70,26 @@ extension_sql_file!(
     "../sql/pg_eventstore--0.2.0--0.3.0.sql",
     name = "release_0_3_0",
     requires = ["groups", "reads", wakeup_mode]
+);
+// 0.4.0: the position base (positions survive a logical restore), 25006 on a hot standby,
+// least-privilege roles. Also the upgrade script from 0.3.0.
+extension_sql_file!(
+    "../sql/pg_eventstore--0.3.0--0.4.0.sql",
+    name = "release_0_4_0",
+    requires = [
+        "release_0_3_0",
+        "append",
+        any_version,
+        no_stream,
+        stream_exists,
+        wakeup_mode,
+        _check_stream,
+        _check_category,
+        _check_count,
+        _check_position,
+        _check_from_version,
+        _check_consumer_group
+    ]
 );
 extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 

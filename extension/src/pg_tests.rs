@@ -485,20 +485,64 @@ mod tests {
     }
 
     #[pg_test]
-    fn appending_needs_the_insert_privilege_on_the_event_log() {
+    fn events_loaded_from_a_busier_cluster_lift_the_positions_of_new_appends_above_them() {
+        // An event as pg_restore or COPY brings it from a cluster whose transaction ids are a
+        // million ahead of this one's.
+        let far = (one_i64("SELECT pg_current_xact_id()::text::bigint") + 1_000_000) << 20;
+        Spi::run(&format!(
+            "INSERT INTO eventstore.events (position, stream, version, type, data, metadata, id) \
+             VALUES ({far}, 'order-1', 0, 'order-placed', '{{}}', '{{}}', gen_random_uuid())"
+        ))
+        .unwrap();
+        assert!(one_i64("SELECT base FROM eventstore.position_base") > 0);
+        let (version, _, restored_stream, _) = append("order-1", ONE, "0");
+        assert_eq!(version, 1);
+        assert!(restored_stream > far, "{restored_stream} is above {far}");
+        let (_, _, new_stream, _) = append("order-2", ONE, "-1");
+        assert!(new_stream > restored_stream);
+        // Events loaded below what the cluster hands out leave the base as it is.
+        let base = one_i64("SELECT base FROM eventstore.position_base");
         Spi::run(
-            "CREATE ROLE eventstore_reader;
-             GRANT USAGE ON SCHEMA eventstore TO eventstore_reader;
-             GRANT SELECT ON eventstore.events TO eventstore_reader;
-             SET LOCAL ROLE eventstore_reader;",
+            "INSERT INTO eventstore.events (position, stream, version, type, data, metadata, id) \
+             VALUES (1 << 20, 'order-3', 0, 'order-placed', '{}', '{}', gen_random_uuid())",
         )
         .unwrap();
+        assert_eq!(one_i64("SELECT base FROM eventstore.position_base"), base);
+    }
+
+    #[pg_test]
+    fn events_loaded_from_a_younger_cluster_keep_the_base() {
+        Spi::run(
+            "INSERT INTO eventstore.events (position, stream, version, type, data, metadata, id) \
+             VALUES (1 << 20, 'order-1', 0, 'order-placed', '{}', '{}', gen_random_uuid())",
+        )
+        .unwrap();
+        assert_eq!(one_i64("SELECT base FROM eventstore.position_base"), 0);
+        let (_, _, position, _) = append("order-1", ONE, "0");
+        assert!(position > 1 << 20);
+    }
+
+    #[pg_test]
+    fn appending_needs_the_writer_role_not_a_table_privilege() {
+        Spi::run("CREATE ROLE es_test_app; SET LOCAL ROLE es_test_app").unwrap();
+        let append_one = format!("SELECT eventstore.append('s-1', '{ONE}')");
         assert_eq!(
-            sqlstate(&format!("SELECT eventstore.append('s-1', '{ONE}')")),
+            sqlstate(&append_one),
             Some(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE)
         );
+        Spi::run("RESET ROLE; GRANT eventstore_reader TO es_test_app; SET LOCAL ROLE es_test_app")
+            .unwrap();
+        assert_eq!(
+            sqlstate(&append_one),
+            Some(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE)
+        );
+        assert_eq!(sqlstate("SELECT * FROM eventstore.read_all()"), None);
         Spi::run("RESET ROLE").unwrap();
         assert_eq!(count_events(), 0);
+        Spi::run("GRANT eventstore_writer TO es_test_app; SET LOCAL ROLE es_test_app").unwrap();
+        assert_eq!(sqlstate(&append_one), None);
+        Spi::run("RESET ROLE").unwrap();
+        assert_eq!(count_events(), 1);
     }
 
     // ---- read_stream and stream_version ----------------------------------------------------

@@ -1,9 +1,16 @@
-//! Global positions: `full transaction id << 20 | index within the transaction`.
+//! Global positions: `(full transaction id + position base) << 20 | index within the
+//! transaction`.
 //!
 //! Ordering by transaction id lets readers hand out exactly the events whose transactions
-//! have ended (everything below the snapshot's xmin, see `eventstore._visible_below()`), so a
+//! have ended (everything below the snapshot's xmin, see `eventstore._log_horizon`), so a
 //! transaction that commits late is never skipped. The per-transaction counter lives in this
 //! backend's memory: writers never share a sequence or wait for one another.
+//!
+//! The position base (`eventstore.position_base`) lifts this database's transaction ids above
+//! events restored from another cluster, whose ids mean nothing here. It changes only in
+//! `eventstore.rebase_positions()`, which holds off appends while it does and then tells every
+//! session (`eventstore._position_base_changed()`, a relcache invalidation), so each backend
+//! reads it once and keeps it until told.
 
 use std::cell::Cell;
 
@@ -12,23 +19,121 @@ use pgrx::pg_sys;
 use crate::error::{limit_exceeded, raise};
 use crate::limits::{MAX_EVENTS_PER_TRANSACTION, POSITION_INDEX_BITS};
 
-/// Transaction ids above this would push a position past `i64::MAX`.
+/// Transaction ids (plus base) above this would push a position past `i64::MAX`.
 const MAX_FULL_XID: u64 = (i64::MAX as u64) >> POSITION_INDEX_BITS;
 
 thread_local! {
     /// (full transaction id, next free index within it). A new transaction id resets the index;
     /// indexes used by a rolled-back savepoint are simply never reused.
     static NEXT_INDEX: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    /// The position base and the oid of `eventstore.position_base`, once read.
+    static BASE: Cell<Option<(u64, pg_sys::Oid)>> = const { Cell::new(None) };
+    /// The transaction that changed the base and has not ended: what it reads of the base is
+    /// not cached, as it may still roll back.
+    static CHANGED_BY: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Registers the invalidation that makes every backend re-read the base after a rebase.
+pub(crate) fn init() {
+    // SAFETY: called from _PG_init; the callback lives as long as the library.
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget_base), pg_sys::Datum::from(0)) };
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn forget_base(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    BASE.with(|base| {
+        if let Some((_, table)) = base.get() {
+            if relid == pg_sys::InvalidOid || relid == table {
+                base.set(None);
+            }
+        }
+    });
+}
+
+/// The oid of `eventstore.position_base`, or `InvalidOid` while the database still has the
+/// SQL of a version before 0.4.0 (the library is updated before `ALTER EXTENSION UPDATE`).
+fn base_table() -> pg_sys::Oid {
+    // SAFETY: catalog lookups inside a transaction.
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"eventstore".as_ptr(), false);
+        pg_sys::get_relname_relid(c"position_base".as_ptr(), namespace)
+    }
+}
+
+/// The position base as last committed. Read with the latest snapshot, not the transaction's:
+/// a REPEATABLE READ transaction that waited out a rebase must still append above it.
+fn base() -> u64 {
+    if let Some((base, _)) = BASE.with(Cell::get) {
+        return base;
+    }
+    let table = base_table();
+    if table == pg_sys::InvalidOid {
+        return 0;
+    }
+    // SAFETY: inside a transaction; SPI is connected and finished here, the snapshot is
+    // registered for the query and released after it.
+    let base = unsafe {
+        assert_eq!(
+            pg_sys::SPI_connect(),
+            pg_sys::SPI_OK_CONNECT as i32,
+            "SPI_connect failed"
+        );
+        let plan = pg_sys::SPI_prepare(
+            c"SELECT base FROM eventstore.position_base".as_ptr(),
+            0,
+            std::ptr::null_mut(),
+        );
+        assert!(!plan.is_null(), "SPI_prepare of the position base failed");
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+        let status = pg_sys::SPI_execute_snapshot(
+            plan,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            snapshot,
+            std::ptr::null_mut(),
+            true,
+            false,
+            1,
+        );
+        pg_sys::UnregisterSnapshot(snapshot);
+        assert_eq!(
+            status,
+            pg_sys::SPI_OK_SELECT as i32,
+            "reading the position base failed"
+        );
+        let base = if pg_sys::SPI_processed == 1 {
+            let table = pg_sys::SPI_tuptable;
+            let mut is_null = false;
+            let datum = pg_sys::SPI_getbinval(*(*table).vals, (*table).tupdesc, 1, &mut is_null);
+            if is_null {
+                0
+            } else {
+                datum.value() as i64
+            }
+        } else {
+            0
+        };
+        pg_sys::SPI_finish();
+        u64::try_from(base).unwrap_or(0)
+    };
+    // SAFETY: a read of the transaction state.
+    let current = unsafe { pg_sys::GetTopFullTransactionIdIfAny() }.value;
+    if current == 0 || current != CHANGED_BY.with(Cell::get) {
+        BASE.with(|cached| cached.set(Some((base, table))));
+    }
+    base
 }
 
 /// Reserves `count` consecutive positions in the current top-level transaction, assigning it a
-/// transaction id if it has none yet, and returns the first.
+/// transaction id if it has none yet, and returns the first. Called with `eventstore.events`
+/// open for insert, so no rebase runs meanwhile.
 pub(crate) fn reserve(count: usize) -> i64 {
     // SAFETY: called inside a transaction; assigns the top-level xid when needed.
     let xid = unsafe { pg_sys::GetTopFullTransactionId() }.value;
-    if xid > MAX_FULL_XID {
+    let lifted = xid.saturating_add(base());
+    if lifted > MAX_FULL_XID {
         raise(limit_exceeded(format!(
-            "transaction id {xid} no longer fits in a 63-bit event position"
+            "transaction id {xid} plus the position base no longer fits in a 63-bit event position"
         )));
     }
     let count = count as u64;
@@ -46,5 +151,33 @@ pub(crate) fn reserve(count: usize) -> i64 {
         next.set((xid, first + count));
         first
     });
-    i64::try_from((xid << POSITION_INDEX_BITS) | first).expect("bounded by MAX_FULL_XID")
+    i64::try_from((lifted << POSITION_INDEX_BITS) | first).expect("bounded by MAX_FULL_XID")
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_eventstore_position_base_changed() -> &'static pg_sys::Pg_finfo_record {
+    const V1_API: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1_API
+}
+
+/// `eventstore._position_base_changed()`: queues a relcache invalidation of
+/// `eventstore.position_base`, sent to every session when the calling transaction commits.
+///
+/// # Safety
+/// Called by Postgres' function manager.
+#[unsafe(no_mangle)]
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn eventstore_position_base_changed(
+    _fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let table = base_table();
+    if table != pg_sys::InvalidOid {
+        // SAFETY: inside a transaction; the invalidation is queued until commit.
+        unsafe { pg_sys::CacheInvalidateRelcacheByRelid(table) };
+    }
+    BASE.with(|cached| cached.set(None));
+    // SAFETY: a read of the transaction state; the caller has just written the base.
+    CHANGED_BY.with(|changed| changed.set(unsafe { pg_sys::GetTopFullTransactionId() }.value));
+    pg_sys::Datum::from(0)
 }

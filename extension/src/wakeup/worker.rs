@@ -59,6 +59,17 @@ pub unsafe extern "C-unwind" fn eventstore_wakeup_main(arg: pg_sys::Datum) {
     unsafe { pg_sys::before_shmem_exit(Some(release_slot), arg) };
     let database = SLOTS.share().0[index].database;
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
+    // The worker runs as the bootstrap superuser: nothing a user creates in the database may
+    // stand in for what its queries name.
+    // SAFETY: a GUC assignment of constant strings, before any query.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
     {
         let mut slots = SLOTS.exclusive();
         let slot = &mut slots.0[index];
