@@ -60,8 +60,8 @@ async fn migrate_creates_the_extension_once_even_when_called_concurrently() {
                 name: "projection_checkpoints".to_owned()
             },
             AppliedMigration {
-                version: 5,
-                name: "pg_eventstore_0_3_0".to_owned()
+                version: 6,
+                name: "pg_eventstore_update".to_owned()
             }
         ]
     );

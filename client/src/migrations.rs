@@ -30,10 +30,14 @@ const MIGRATION_LOCK: i64 = 0x4553_4d49_4752_4154; // "ESMIGRAT"
 /// - V2 `shop_read_models` (releases 0.1.0 and 0.2.0) also created the shop's read models:
 ///   those moved to the shop crate's own set (whose V1 adopts the existing tables), the
 ///   checkpoint table to V4 here.
-/// - V3 `pg_eventstore_0_2_0` (release 0.2.0) ran `ALTER EXTENSION pg_eventstore UPDATE TO
-///   '0.2.0'`, which fails once V1 installs a newer version; V5 updates to 0.3.0 instead,
-///   through 0.2.0 when a database is older.
-const MOVED_MIGRATIONS: [(i32, &str); 2] = [(2, "shop_read_models"), (3, "pg_eventstore_0_2_0")];
+/// - V3 `pg_eventstore_0_2_0` (release 0.2.0) and V5 `pg_eventstore_0_3_0` (release 0.3.0)
+///   ran `ALTER EXTENSION pg_eventstore UPDATE TO` their version, which fails once V1 installs
+///   a newer one; V6 updates to the installed version instead, through every step between.
+const MOVED_MIGRATIONS: [(i32, &str); 3] = [
+    (2, "shop_read_models"),
+    (3, "pg_eventstore_0_2_0"),
+    (5, "pg_eventstore_0_3_0"),
+];
 
 /// The store's own migrations, for [`crate::EventStore::migrate`].
 pub(crate) fn store_runner() -> refinery::Runner {

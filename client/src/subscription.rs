@@ -155,9 +155,21 @@ fn wake(hints: &watch::Sender<Hint>, head: Option<u64>) {
     });
 }
 
+/// How often a listener on a hot standby checks whether the server was promoted.
+const STANDBY_RECHECK: Duration = Duration::from_secs(30);
+
+/// Whether `error` is the refusal of LISTEN during recovery (25006 on a hot standby).
+fn is_standby_refusal(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "25006")
+}
+
 /// Keeps a `LISTEN eventstore` connection up and folds what it hears into `hints`.
 async fn listen(pool: PgPool, hints: watch::Sender<Hint>) {
     let mut backoff = Backoff::TRANSIENT;
+    let mut on_standby = false;
     while !hints.is_closed() {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(listener) => listener,
@@ -168,10 +180,23 @@ async fn listen(pool: PgPool, hints: watch::Sender<Hint>) {
             }
         };
         if let Err(error) = listener.listen(CHANNEL).await {
+            if is_standby_refusal(&error) {
+                // A hot standby cannot LISTEN; subscriptions there follow by their timer
+                // poll. Look again now and then, in case the server is promoted.
+                if !on_standby {
+                    tracing::info!(
+                        "the server is a hot standby: subscriptions poll, without wake-ups"
+                    );
+                    on_standby = true;
+                }
+                tokio::time::sleep(STANDBY_RECHECK).await;
+                continue;
+            }
             tracing::warn!(%error, "LISTEN {CHANNEL} failed; retrying");
             tokio::time::sleep(backoff.next_wait()).await;
             continue;
         }
+        on_standby = false;
         // Listening (again): whatever was missed meanwhile is caught up by re-reading.
         wake(&hints, None);
         backoff.reset();
