@@ -8,7 +8,9 @@
 #   scripts/cluster.sh url DIR [DB]        the connection URL of a running cluster
 #
 # The server preloads pg_eventstore (coalesced subscriber wake-ups), so the extension must be
-# installed first; EVENTSTORE_PRELOAD=0 starts it without.
+# installed first; EVENTSTORE_PRELOAD=0 starts it without. CLUSTER_NEXT_XID=N moves a new
+# cluster's transaction counter to N before its first start (pg_resetwal -x), as on a server
+# that has run for a long time.
 set -euo pipefail
 
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
@@ -38,6 +40,14 @@ case "$cmd" in
     if [ ! -f "$dir/data/PG_VERSION" ]; then
       as_postgres "$PGBIN/initdb" -D "$dir/data" --auth=trust --username=postgres \
         --encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log"
+      if [ -n "${CLUSTER_NEXT_XID:-}" ]; then
+        as_postgres "$PGBIN/pg_resetwal" -x "$CLUSTER_NEXT_XID" -D "$dir/data" >/dev/null
+        # The commit log must have the segment that holds the new id (1,048,576 ids each).
+        segment=$(printf '%04X' $((CLUSTER_NEXT_XID / 1048576)))
+        if [ ! -f "$dir/data/pg_xact/$segment" ]; then
+          as_postgres dd if=/dev/zero of="$dir/data/pg_xact/$segment" bs=262144 count=1 2>/dev/null
+        fi
+      fi
     fi
     if as_postgres "$PGBIN/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
       cat "$dir/port"

@@ -254,3 +254,145 @@ pub fn eventstore_bin() -> std::path::PathBuf {
     );
     path
 }
+
+/// Where the PostgreSQL 15 programs are.
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A PostgreSQL cluster of a test's own, started by `scripts/cluster.sh` in
+/// `target/pg/<name>` from an empty folder (with the extension preloaded, like the suite's),
+/// and stopped through its data folder when dropped.
+pub struct Cluster {
+    dir: std::path::PathBuf,
+    port: String,
+}
+
+/// `scripts/cluster.sh`.
+fn cluster_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh")
+}
+
+impl Cluster {
+    /// `target/pg/<name>`, emptied: a cluster a previous run left there is stopped first.
+    fn empty_folder(name: &str) -> std::path::PathBuf {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/pg")
+            .join(name);
+        let _ = std::process::Command::new(cluster_script())
+            .args(["stop".as_ref(), dir.as_os_str()])
+            .status();
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).expect("remove the old cluster folder");
+        }
+        dir
+    }
+
+    /// Starts the cluster in `dir` (initialised there first unless it has a data folder).
+    fn start_in(dir: std::path::PathBuf, next_xid: Option<u64>) -> Cluster {
+        let mut start = std::process::Command::new(cluster_script());
+        start.args(["start".as_ref(), dir.as_os_str()]);
+        if let Some(xid) = next_xid {
+            start.env("CLUSTER_NEXT_XID", xid.to_string());
+        }
+        let output = start.output().expect("scripts/cluster.sh runs");
+        assert!(
+            output.status.success(),
+            "the cluster in {} did not start: {}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let port = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+        Cluster { dir, port }
+    }
+
+    /// Starts a new cluster; `next_xid` moves its transaction counter first (pg_resetwal -x),
+    /// as on a server that has run a long time.
+    pub fn start(name: &str, next_xid: Option<u64>) -> Cluster {
+        Self::start_in(Self::empty_folder(name), next_xid)
+    }
+
+    /// The URL of `database` on this cluster.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Creates an empty database.
+    pub async fn create_database(&self, name: &str) {
+        let mut admin = PgConnection::connect(&self.url("postgres")).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+    }
+
+    /// Runs one of PostgreSQL's programs (`pg_dump`, `psql`, ...) with `args`, failing the
+    /// test with its output when it fails.
+    pub fn run(&self, program: &str, args: &[&str]) -> Vec<u8> {
+        let output = std::process::Command::new(std::path::Path::new(PG_BIN).join(program))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+        assert!(
+            output.status.success(),
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    }
+
+    /// The cluster's server log.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// A hot standby of `primary`, streaming from it: a base backup taken now
+    /// (`pg_basebackup -R`, which writes the standby's connection to the primary), started in
+    /// `target/pg/<name>`. Returns once it accepts read-only connections.
+    pub fn standby_of(primary: &Cluster, name: &str) -> Cluster {
+        let dir = Self::empty_folder(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let backup = std::path::Path::new(PG_BIN).join("pg_basebackup");
+        let connection = format!("host=127.0.0.1 port={} user=postgres", primary.port);
+        let data = dir.join("data");
+        let args: Vec<&std::ffi::OsStr> = vec![
+            "-D".as_ref(),
+            data.as_os_str(),
+            "-R".as_ref(),
+            "-X".as_ref(),
+            "stream".as_ref(),
+            "-c".as_ref(),
+            "fast".as_ref(),
+            "-d".as_ref(),
+            connection.as_ref(),
+        ];
+        // SAFETY: a plain read of the process' user id.
+        let as_root = unsafe { libc::geteuid() } == 0;
+        let output = if as_root {
+            let _ = std::process::Command::new("chown")
+                .args(["postgres:".as_ref(), dir.as_os_str()])
+                .status();
+            std::process::Command::new("sudo")
+                .args(["-u", "postgres", "--"])
+                .arg(&backup)
+                .args(&args)
+                .output()
+        } else {
+            std::process::Command::new(&backup).args(&args).output()
+        }
+        .expect("pg_basebackup runs");
+        assert!(
+            output.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Self::start_in(dir, None)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(cluster_script())
+            .args(["stop".as_ref(), self.dir.as_os_str()])
+            .status();
+    }
+}
