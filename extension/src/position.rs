@@ -18,6 +18,12 @@ use pgrx::pg_sys;
 
 use crate::error::{limit_exceeded, raise};
 use crate::limits::{MAX_EVENTS_PER_TRANSACTION, POSITION_INDEX_BITS};
+use crate::spi::{Connection, Statement};
+
+static BASE: Statement = Statement {
+    sql: c"SELECT base FROM eventstore.position_base",
+    arg_types: &[],
+};
 
 /// Transaction ids (plus base) above this would push a position past `i64::MAX`.
 const MAX_FULL_XID: u64 = (i64::MAX as u64) >> POSITION_INDEX_BITS;
@@ -27,7 +33,7 @@ thread_local! {
     /// indexes used by a rolled-back savepoint are simply never reused.
     static NEXT_INDEX: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
     /// The position base and the oid of `eventstore.position_base`, once read.
-    static BASE: Cell<Option<(u64, pg_sys::Oid)>> = const { Cell::new(None) };
+    static CACHED_BASE: Cell<Option<(u64, pg_sys::Oid)>> = const { Cell::new(None) };
     /// The transaction that changed the base and has not ended: what it reads of the base is
     /// not cached, as it may still roll back.
     static CHANGED_BY: Cell<u64> = const { Cell::new(0) };
@@ -41,7 +47,7 @@ pub(crate) fn init() {
 
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn forget_base(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    BASE.with(|base| {
+    CACHED_BASE.with(|base| {
         if let Some((_, table)) = base.get() {
             if relid == pg_sys::InvalidOid || relid == table {
                 base.set(None);
@@ -63,63 +69,27 @@ fn base_table() -> pg_sys::Oid {
 /// The position base as last committed. Read with the latest snapshot, not the transaction's:
 /// a REPEATABLE READ transaction that waited out a rebase must still append above it.
 fn base() -> u64 {
-    if let Some((base, _)) = BASE.with(Cell::get) {
+    if let Some((base, _)) = CACHED_BASE.with(Cell::get) {
         return base;
     }
     let table = base_table();
     if table == pg_sys::InvalidOid {
         return 0;
     }
-    // SAFETY: inside a transaction; SPI is connected and finished here, the snapshot is
-    // registered for the query and released after it.
-    let base = unsafe {
-        assert_eq!(
-            pg_sys::SPI_connect(),
-            pg_sys::SPI_OK_CONNECT as i32,
-            "SPI_connect failed"
-        );
-        let plan = pg_sys::SPI_prepare(
-            c"SELECT base FROM eventstore.position_base".as_ptr(),
-            0,
-            std::ptr::null_mut(),
-        );
-        assert!(!plan.is_null(), "SPI_prepare of the position base failed");
-        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
-        let status = pg_sys::SPI_execute_snapshot(
-            plan,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            snapshot,
-            std::ptr::null_mut(),
-            true,
-            false,
-            1,
-        );
-        pg_sys::UnregisterSnapshot(snapshot);
-        assert_eq!(
-            status,
-            pg_sys::SPI_OK_SELECT as i32,
-            "reading the position base failed"
-        );
-        let base = if pg_sys::SPI_processed == 1 {
-            let table = pg_sys::SPI_tuptable;
-            let mut is_null = false;
-            let datum = pg_sys::SPI_getbinval(*(*table).vals, (*table).tupdesc, 1, &mut is_null);
-            if is_null {
-                0
-            } else {
-                datum.value() as i64
-            }
+    let base = {
+        let spi = Connection::open();
+        let rows = spi.read_latest(&BASE, &[]);
+        let base = if rows.len() == 1 {
+            rows.i64(0, 1)
         } else {
-            0
+            None
         };
-        pg_sys::SPI_finish();
-        u64::try_from(base).unwrap_or(0)
+        u64::try_from(base.unwrap_or(0)).unwrap_or(0)
     };
     // SAFETY: a read of the transaction state.
     let current = unsafe { pg_sys::GetTopFullTransactionIdIfAny() }.value;
     if current == 0 || current != CHANGED_BY.with(Cell::get) {
-        BASE.with(|cached| cached.set(Some((base, table))));
+        CACHED_BASE.with(|cached| cached.set(Some((base, table))));
     }
     base
 }
@@ -176,7 +146,7 @@ pub unsafe extern "C-unwind" fn eventstore_position_base_changed(
         // SAFETY: inside a transaction; the invalidation is queued until commit.
         unsafe { pg_sys::CacheInvalidateRelcacheByRelid(table) };
     }
-    BASE.with(|cached| cached.set(None));
+    CACHED_BASE.with(|cached| cached.set(None));
     // SAFETY: a read of the transaction state; the caller has just written the base.
     CHANGED_BY.with(|changed| changed.set(unsafe { pg_sys::GetTopFullTransactionId() }.value));
     pg_sys::Datum::from(0)

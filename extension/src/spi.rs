@@ -65,6 +65,20 @@ impl Connection {
         statement: &Statement,
         args: &[Option<pg_sys::Datum>],
     ) -> Rows<'_> {
+        self.run(statement, args, false)
+    }
+
+    /// Runs a read-only `statement` with the latest committed state, whatever the isolation
+    /// level: what the transaction's snapshot may predate.
+    pub(crate) fn read_latest(
+        &self,
+        statement: &Statement,
+        args: &[Option<pg_sys::Datum>],
+    ) -> Rows<'_> {
+        self.run(statement, args, true)
+    }
+
+    fn run(&self, statement: &Statement, args: &[Option<pg_sys::Datum>], latest: bool) -> Rows<'_> {
         assert_eq!(
             args.len(),
             statement.arg_types.len(),
@@ -80,9 +94,26 @@ impl Connection {
             .iter()
             .map(|arg| if arg.is_some() { b' ' } else { b'n' } as std::ffi::c_char)
             .collect();
-        // SAFETY: connected; `values` and `nulls` match the plan's arguments.
+        // SAFETY: connected; `values` and `nulls` match the plan's arguments; the latest
+        // snapshot is registered for the statement and released after it.
         let status = unsafe {
-            pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0)
+            if latest {
+                let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+                let status = pg_sys::SPI_execute_snapshot(
+                    plan,
+                    values.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    snapshot,
+                    std::ptr::null_mut(),
+                    true,
+                    false,
+                    0,
+                );
+                pg_sys::UnregisterSnapshot(snapshot);
+                status
+            } else {
+                pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0)
+            }
         };
         assert!(
             status >= 0,
