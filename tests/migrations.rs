@@ -67,20 +67,28 @@ async fn the_store_migrations_create_the_store_and_nothing_else() {
     db.drop_database().await;
 }
 
+/// A refinery runner of (name, SQL) migrations, as an earlier release embedded them.
+fn runner(migrations: &[(&str, &str)]) -> Runner {
+    let migrations: Vec<Migration> = migrations
+        .iter()
+        .map(|(name, sql)| Migration::unapplied(name, sql).unwrap())
+        .collect();
+    Runner::new(&migrations)
+}
+
 /// The store migrations of release 0.2.0, as refinery saw them: V1 is the file still in
 /// `migrations/eventstore`, V2 and V3 the ones that left it (kept as fixtures).
 fn release_0_2_0() -> Runner {
-    let migration = |name: &str, sql: &str| Migration::unapplied(name, sql).unwrap();
-    Runner::new(&[
-        migration(
+    runner(&[
+        (
             "V1__pg_eventstore_extension",
             include_str!("../migrations/eventstore/V1__pg_eventstore_extension.sql"),
         ),
-        migration(
+        (
             "V2__shop_read_models",
             include_str!("fixtures/release-0.2.0-V2__shop_read_models.sql"),
         ),
-        migration(
+        (
             "V3__pg_eventstore_0_2_0",
             include_str!("fixtures/release-0.2.0-V3__pg_eventstore_0_2_0.sql"),
         ),
@@ -207,17 +215,16 @@ async fn a_database_set_up_by_release_0_2_0_keeps_its_events_read_models_and_che
 /// The store migrations of release 0.3.0: V1 and V4 are still in `migrations/eventstore`, V5
 /// left it (kept as a fixture).
 fn release_0_3_0() -> Runner {
-    let migration = |name: &str, sql: &str| Migration::unapplied(name, sql).unwrap();
-    Runner::new(&[
-        migration(
+    runner(&[
+        (
             "V1__pg_eventstore_extension",
             include_str!("../migrations/eventstore/V1__pg_eventstore_extension.sql"),
         ),
-        migration(
+        (
             "V4__projection_checkpoints",
             include_str!("../migrations/eventstore/V4__projection_checkpoints.sql"),
         ),
-        migration(
+        (
             "V5__pg_eventstore_0_3_0",
             include_str!("fixtures/release-0.3.0-V5__pg_eventstore_0_3_0.sql"),
         ),

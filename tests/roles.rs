@@ -3,7 +3,7 @@
 //! what it is for, and every other call is refused with 42501 and writes nothing. No role
 //! can change stored events, whatever it is granted, short of superuser.
 
-use pg_eventstore_tests::{sqlstate, TestDb};
+use pg_eventstore_tests::{sqlstate, stored_rows, TestDb};
 use sqlx::{ConnectOptions, PgConnection};
 
 /// Reads and subscriptions.
@@ -54,17 +54,6 @@ const PAST_THE_API: &[&str] = &[
     "UPDATE eventstore.position_base SET base = 0",
 ];
 
-async fn state(db: &TestDb) -> (i64, i64, i64) {
-    sqlx::query_as(
-        "SELECT (SELECT count(*) FROM eventstore.events), \
-                (SELECT count(*) FROM eventstore.subscription_groups), \
-                (SELECT count(*) FROM eventstore.group_events)",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap()
-}
-
 async fn login(db: &TestDb, role: &str) -> PgConnection {
     let url = db.url();
     let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
@@ -75,7 +64,7 @@ async fn login(db: &TestDb, role: &str) -> PgConnection {
 /// fail with 42501 and leave the store as it was.
 async fn check(db: &TestDb, conn: &mut PgConnection, role: &str, calls: &[&str], allowed: bool) {
     for sql in calls {
-        let before = state(db).await;
+        let before = stored_rows(&db.pool).await;
         let result = sqlx::query(sql).execute(&mut *conn).await;
         if allowed {
             assert!(result.is_ok(), "{role} may run {sql}: {:?}", result.err());
@@ -86,7 +75,7 @@ async fn check(db: &TestDb, conn: &mut PgConnection, role: &str, calls: &[&str],
                 "{role} must not run {sql}"
             );
             assert_eq!(
-                state(db).await,
+                stored_rows(&db.pool).await,
                 before,
                 "{role}'s refused {sql} wrote nothing"
             );

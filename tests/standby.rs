@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use pg_eventstore_client::{EventData, EventStore, ExpectedVersion, SubscriptionOptions};
-use pg_eventstore_tests::{eventstore_bin, eventually, read_all_from, Cluster, PATIENCE};
+use pg_eventstore_tests::{eventstore_bin, eventually, read_all_from, settled, Cluster, PATIENCE};
 use sqlx::PgPool;
 use tokio::io::AsyncBufReadExt;
 
@@ -86,10 +86,7 @@ async fn a_hot_standby_serves_reads_and_refuses_writes_with_25006() {
         .append("order-0-0", ExpectedVersion::NoStream, [noted(0)])
         .await
         .unwrap();
-    eventually(PATIENCE, "the first event is readable", || async {
-        head(store.pool()).await > 0
-    })
-    .await;
+    settled(store.pool()).await;
     let parked: i32 = sqlx::query_scalar(
         "SELECT eventstore.park('billing', 'worker-1', \
                 array(SELECT position FROM eventstore.fetch('billing', 'worker-1', 1)))",
@@ -155,19 +152,7 @@ async fn a_hot_standby_serves_reads_and_refuses_writes_with_25006() {
     for writer in writers {
         assert!(writer.await.unwrap() > 0);
     }
-    eventually(
-        PATIENCE,
-        "every event is readable on the primary",
-        || async {
-            sqlx::query_scalar::<_, bool>(
-                "SELECT eventstore.head_position() = max(position) FROM eventstore.events",
-            )
-            .fetch_one(store.pool())
-            .await
-            .unwrap()
-        },
-    )
-    .await;
+    settled(store.pool()).await;
     let primary_head = head(store.pool()).await;
     let primary_log = read_all_from(store.pool(), 0, 500).await;
     eventually(
