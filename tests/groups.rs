@@ -58,18 +58,29 @@ const LONG_LEASE: Duration = Duration::from_secs(300);
 /// Moves the end of `consumer`'s leases into the past, as if their hour had gone by: the
 /// test then does not depend on how fast the machine runs the steps before.
 async fn run_out(pool: &PgPool, group: &str, consumer: &str) {
-    let moved = sqlx::query(
-        "UPDATE eventstore.group_events AS e SET lease_until = clock_timestamp() - interval '1 ms' \
-         FROM eventstore.subscription_groups AS g \
-         WHERE e.group_id = g.group_id AND g.group_name = $1 AND e.consumer = $2 \
-           AND e.lease_until IS NOT NULL",
+    assert!(end_leases(pool, group, consumer).await > 0, "{consumer} holds leases");
+}
+
+/// Ends `consumer`'s leases now, both kinds: batches of the log (group_leases) and events
+/// retried (group_events). Returns how many leases there were.
+async fn end_leases(pool: &PgPool, group: &str, consumer: &str) -> i64 {
+    sqlx::query_scalar(
+        "WITH g AS (SELECT group_id FROM eventstore.subscription_groups WHERE group_name = $1), \
+         rows AS (UPDATE eventstore.group_events AS e \
+                  SET lease_until = clock_timestamp() - interval '1 ms' FROM g \
+                  WHERE e.group_id = g.group_id AND e.consumer = $2 AND e.lease_until IS NOT NULL \
+                  RETURNING 1), \
+         batches AS (UPDATE eventstore.group_leases AS l \
+                     SET lease_until = clock_timestamp() - interval '1 ms' FROM g \
+                     WHERE l.group_id = g.group_id AND l.consumer = $2 \
+                     RETURNING 1) \
+         SELECT (SELECT count(*) FROM rows) + (SELECT count(*) FROM batches)",
     )
     .bind(group)
     .bind(consumer)
-    .execute(pool)
+    .fetch_one(pool)
     .await
-    .unwrap();
-    assert!(moved.rows_affected() > 0, "{consumer} holds leases");
+    .unwrap()
 }
 
 async fn int(pool: &PgPool, sql: &str) -> i32 {
@@ -770,16 +781,7 @@ async fn handlers_acking_in_their_own_transaction_apply_each_event_once_though_k
             }
         })
         .await;
-        sqlx::query(
-            "UPDATE eventstore.group_events AS e SET lease_until = clock_timestamp() \
-             FROM eventstore.subscription_groups AS g \
-             WHERE e.group_id = g.group_id AND g.group_name = 'jobs' AND e.consumer = $1 \
-               AND e.lease_until IS NOT NULL",
-        )
-        .bind(&consumer)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+        end_leases(&db.pool, "jobs", &consumer).await;
     }
     assert_eq!(killed_in_transaction, 6);
     transactional_worker(db.pool.clone(), "last".to_owned(), None)

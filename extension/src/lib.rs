@@ -4,8 +4,8 @@
 //! function (Rust, `append.rs`), the read functions (SQL the planner inlines, `sql/reads.sql`)
 //! and the argument checks they share (this file), and persistent subscription groups (SQL,
 //! `sql/pg_eventstore--0.1.0--0.2.0.sql`, changed by `sql/pg_eventstore--0.2.0--0.3.0.sql`
-//! and `sql/pg_eventstore--0.3.0--0.4.0.sql`, which also adds the position base and the
-//! roles).
+//! `sql/pg_eventstore--0.3.0--0.4.0.sql`, which also adds the position base and the roles,
+//! and `sql/pg_eventstore--0.4.0--0.5.0.sql`, which leases batches instead of events).
 //! Each upgrade script is also part of the install script, and the install scripts of the
 //! released versions are kept as they were in `sql/released/`. The README documents the SQL
 //! API.
@@ -90,6 +90,13 @@ extension_sql_file!(
         _check_from_version,
         _check_consumer_group
     ]
+);
+// 0.5.0: groups lease batches of the log as one row each and keep rows per event only for
+// exceptions; ordered groups by stream buckets. Also the upgrade script from 0.4.0.
+extension_sql_file!(
+    "../sql/pg_eventstore--0.4.0--0.5.0.sql",
+    name = "release_0_5_0",
+    requires = ["release_0_4_0"]
 );
 extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 
