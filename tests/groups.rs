@@ -58,7 +58,10 @@ const LONG_LEASE: Duration = Duration::from_secs(300);
 /// Moves the end of `consumer`'s leases into the past, as if their hour had gone by: the
 /// test then does not depend on how fast the machine runs the steps before.
 async fn run_out(pool: &PgPool, group: &str, consumer: &str) {
-    assert!(end_leases(pool, group, consumer).await > 0, "{consumer} holds leases");
+    assert!(
+        end_leases(pool, group, consumer).await > 0,
+        "{consumer} holds leases"
+    );
 }
 
 /// Ends `consumer`'s leases now, both kinds: batches of the log (group_leases) and events
@@ -805,4 +808,164 @@ async fn handlers_acking_in_their_own_transaction_apply_each_event_once_though_k
         "each event's row exists exactly once"
     );
     db.drop_database().await;
+}
+
+/// Issue 12's stall: parked events of an ordered group hold back their own streams, and
+/// however many events wait behind them, the other streams keep flowing.
+#[tokio::test]
+async fn parked_events_hold_back_their_own_streams_only_however_many_wait_behind_them() {
+    const STREAMS: i32 = 200;
+    const PER_STREAM: i32 = 30;
+    const POISONED: i32 = 20;
+    const BATCH: i32 = 50;
+    let db = TestDb::new(4).await;
+    let pool = &db.pool;
+    append_interleaved(pool, "acct", STREAMS, PER_STREAM).await;
+    db.settled().await;
+    sqlx::query(
+        "SELECT eventstore.create_group('ledger', ordered_by_stream => true, max_attempts => 3, \
+         lease_timeout => '1 hour')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+
+    // The first event of each poisoned stream is parked; everything else is acked. Four
+    // consumers take turns.
+    let held_back = POISONED * (PER_STREAM - 1);
+    assert!(
+        held_back > 10 * BATCH,
+        "far more held back than the old intake limit"
+    );
+    let healthy = ((STREAMS - POISONED) * PER_STREAM) as usize;
+    let mut delivered: HashMap<String, Vec<i64>> = HashMap::new();
+    let mut acked = 0usize;
+    let mut parked = 0usize;
+    let started = std::time::Instant::now();
+    let mut turn = 0usize;
+    while acked < healthy {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the healthy streams stopped flowing: {acked} of {healthy} acked"
+        );
+        let consumer = ["c0", "c1", "c2", "c3"][turn % 4];
+        turn += 1;
+        let batch: Vec<(i64, String, i64, i32)> = sqlx::query_as(
+            "SELECT position, stream, version, attempt FROM eventstore.fetch('ledger', $1, $2)",
+        )
+        .bind(consumer)
+        .bind(BATCH)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let (mut to_ack, mut to_park) = (Vec::new(), Vec::new());
+        for (position, stream, version, attempt) in batch {
+            assert_eq!(attempt, 1, "nothing is delivered twice");
+            let number: i32 = stream.trim_start_matches("acct-").parse().unwrap();
+            delivered.entry(stream).or_default().push(version);
+            if number < POISONED {
+                assert_eq!(version, 0, "a poisoned stream stops at its parked event");
+                to_park.push(position);
+            } else {
+                to_ack.push(position);
+            }
+        }
+        if !to_park.is_empty() {
+            let n: i32 = sqlx::query_scalar("SELECT eventstore.park('ledger', $1, $2, 'poison')")
+                .bind(consumer)
+                .bind(&to_park)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(n as usize, to_park.len());
+            parked += to_park.len();
+        }
+        if !to_ack.is_empty() {
+            let n: i32 = sqlx::query_scalar("SELECT eventstore.ack('ledger', $1, $2)")
+                .bind(consumer)
+                .bind(&to_ack)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(n as usize, to_ack.len(), "the holder's acks all count");
+            acked += to_ack.len();
+        }
+    }
+    assert_eq!(parked, POISONED as usize);
+    for (stream, versions) in &delivered {
+        let number: i32 = stream.trim_start_matches("acct-").parse().unwrap();
+        let expected: Vec<i64> = if number < POISONED {
+            vec![0]
+        } else {
+            (0..PER_STREAM as i64).collect()
+        };
+        assert_eq!(
+            versions, &expected,
+            "{stream} in version order, each event once"
+        );
+    }
+    assert_eq!(delivered.len(), STREAMS as usize);
+
+    // Nothing more to deliver; the view counts what waits behind the parked events.
+    assert!(fetch(pool, "ledger", "c0", BATCH).await.is_empty());
+    let (in_flight, parked_now, lag, held): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT in_flight, parked, lag, held_back FROM eventstore.groups \
+         WHERE group_name = 'ledger'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (in_flight, parked_now, lag, held),
+        (0, POISONED as i64, held_back as i64, held_back as i64)
+    );
+
+    // Replaying the parked events lets their streams go on, in order.
+    sqlx::query("SELECT eventstore.replay_parked('ledger')")
+        .execute(pool)
+        .await
+        .unwrap();
+    let mut rest: HashMap<String, Vec<(i64, i32)>> = HashMap::new();
+    let mut total = 0;
+    while total < POISONED * PER_STREAM {
+        let batch = sqlx::query_as::<_, (i64, String, i64, i32)>(
+            "SELECT position, stream, version, attempt FROM eventstore.fetch('ledger', 'c1', $1)",
+        )
+        .bind(BATCH)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert!(!batch.is_empty(), "the replayed streams flow again");
+        let positions: Vec<i64> = batch.iter().map(|(p, ..)| *p).collect();
+        for (_, stream, version, attempt) in batch {
+            rest.entry(stream).or_default().push((version, attempt));
+        }
+        total += positions.len() as i32;
+        let n: i32 = sqlx::query_scalar("SELECT eventstore.ack('ledger', 'c1', $1)")
+            .bind(&positions)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(n as usize, positions.len());
+    }
+    assert_eq!(rest.len(), POISONED as usize);
+    for (stream, versions) in &rest {
+        let only_versions: Vec<i64> = versions.iter().map(|(v, _)| *v).collect();
+        assert_eq!(
+            only_versions,
+            (0..PER_STREAM as i64).collect::<Vec<_>>(),
+            "{stream}"
+        );
+        assert_eq!(
+            versions[0].1, 1,
+            "the replayed event starts its attempts over"
+        );
+    }
+    assert_eq!(view(pool, "ledger").await.1, 0);
+    let (lag, held): (i64, i64) =
+        sqlx::query_as("SELECT lag, held_back FROM eventstore.groups WHERE group_name = 'ledger'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!((lag, held), (0, 0));
 }

@@ -179,3 +179,161 @@ async fn every_released_version_updates_to_the_catalog_of_a_fresh_install() {
         db.drop_database().await;
     }
 }
+
+async fn scalar(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|error| panic!("{sql}: {error}"))
+}
+
+/// Groups in flight when 0.4.0 (a row per event in the group) is updated to 0.5.0 (leases
+/// of batches, rows only for exceptions): leases, attempts and parked events carry over,
+/// in both modes, and the groups go on with new events.
+#[tokio::test]
+async fn groups_in_flight_keep_their_leases_and_parked_events_across_the_update() {
+    let db = TestDb::empty(2).await;
+    let pool = &db.pool;
+    exec(pool, "CREATE EXTENSION pg_eventstore VERSION '0.4.0'").await;
+    exec(
+        pool,
+        "SELECT count(eventstore.append('acct-' || i % 5, jsonb_build_array( \
+             jsonb_build_object('type', 't', 'data', jsonb_build_object('n', i))))) \
+         FROM generate_series(0, 19) AS i",
+    )
+    .await;
+    for (group, ordered) in [("plain", false), ("ordered", true)] {
+        exec(
+            pool,
+            &format!(
+                "SELECT eventstore.create_group('{group}', max_attempts => 3, \
+                 lease_timeout => '1 hour', ordered_by_stream => {ordered})"
+            ),
+        )
+        .await;
+        // a holds 4 events; one of them is parked; b holds others.
+        exec(
+            pool,
+            &format!(
+                "CREATE TABLE held_{group} AS SELECT position, stream FROM eventstore.fetch('{group}', 'a', 4); \
+                 SELECT eventstore.park('{group}', 'a', ARRAY[(SELECT min(position) FROM held_{group})]); \
+                 CREATE TABLE other_{group} AS SELECT position FROM eventstore.fetch('{group}', 'b', 3)"
+            ),
+        )
+        .await;
+    }
+    exec(pool, "ALTER EXTENSION pg_eventstore UPDATE").await;
+    assert_eq!(
+        sqlx::query_scalar::<_, String>(
+            "SELECT extversion FROM pg_extension WHERE extname = 'pg_eventstore'"
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap(),
+        env!("CARGO_PKG_VERSION")
+    );
+    for group in ["plain", "ordered"] {
+        // The parked event is still parked, with its reason and attempt.
+        assert_eq!(
+            scalar(
+                pool,
+                &format!(
+                    "SELECT count(*) FROM eventstore.parked('{group}') \
+                     WHERE position = (SELECT min(position) FROM held_{group}) AND attempt = 1"
+                )
+            )
+            .await,
+            1,
+            "{group}"
+        );
+        // b's leases are b's: a cannot ack them, b can, each once.
+        let others = format!("(SELECT array_agg(position) FROM other_{group})");
+        let held = format!(
+            "(SELECT array_agg(position) FROM held_{group} \
+             WHERE position > (SELECT min(position) FROM held_{group}))"
+        );
+        let b_count = scalar(pool, &format!("SELECT count(*) FROM other_{group}")).await;
+        assert_eq!(
+            scalar(
+                pool,
+                &format!("SELECT eventstore.ack('{group}', 'a', {others})::bigint")
+            )
+            .await,
+            0
+        );
+        assert_eq!(
+            scalar(
+                pool,
+                &format!("SELECT eventstore.ack('{group}', 'b', {others})::bigint")
+            )
+            .await,
+            b_count,
+            "{group}"
+        );
+        assert_eq!(
+            scalar(
+                pool,
+                &format!("SELECT eventstore.ack('{group}', 'b', {others})::bigint")
+            )
+            .await,
+            0
+        );
+        assert_eq!(
+            scalar(
+                pool,
+                &format!("SELECT eventstore.ack('{group}', 'a', {held})::bigint")
+            )
+            .await,
+            3,
+            "{group}"
+        );
+        // The rest of the log flows through the new leases, each event once; an ordered
+        // group holds back only the parked event's stream.
+        let mut seen = 0;
+        loop {
+            let positions: Vec<i64> = sqlx::query_scalar(&format!(
+                "SELECT position FROM eventstore.fetch('{group}', 'c', 100)"
+            ))
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            if positions.is_empty() {
+                break;
+            }
+            seen += positions.len() as i64;
+            let acked: i32 =
+                sqlx::query_scalar(&format!("SELECT eventstore.ack('{group}', 'c', $1)"))
+                    .bind(&positions)
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+            assert_eq!(acked as usize, positions.len());
+        }
+        let handled_before = 3 + b_count;
+        let parked_stream_rest = scalar(
+            pool,
+            &format!(
+                "SELECT count(*) FROM eventstore.events WHERE stream = \
+                 (SELECT stream FROM held_{group} ORDER BY position LIMIT 1) \
+                 AND position > (SELECT min(position) FROM held_{group}) \
+                 AND position NOT IN (SELECT position FROM held_{group}) \
+                 AND position NOT IN (SELECT position FROM other_{group})"
+            ),
+        )
+        .await;
+        let expected = if group == "ordered" {
+            20 - 1 - handled_before - parked_stream_rest
+        } else {
+            20 - 1 - handled_before
+        };
+        assert_eq!(seen, expected, "{group}");
+        let (in_flight, parked): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT in_flight, parked FROM eventstore.groups WHERE group_name = '{group}'"
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!((in_flight, parked), (0, 1), "{group}");
+    }
+    db.drop_database().await;
+}

@@ -119,7 +119,14 @@ pub async fn run(admin: &PgPool, options: &PgConnectOptions, total: u64) {
         "  {:<32} {:>12} {:>16}",
         "group", "events/s", "ratio to read_all"
     );
-    for (workers, ordered) in [(1, false), (2, false), (4, false), (4, true)] {
+    for (workers, ordered) in [
+        (1, false),
+        (2, false),
+        (4, false),
+        (1, true),
+        (2, true),
+        (4, true),
+    ] {
         let label = format!(
             "{workers} worker{}{}",
             if workers == 1 { "" } else { "s" },

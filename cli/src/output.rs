@@ -98,13 +98,13 @@ pub fn stats_text(stats: &Health, projections: &[ProjectionStats], groups: &[Gro
 /// `eventstore groups` for people.
 pub fn groups_text(groups: &[GroupInfo]) -> String {
     let mut out = format!(
-        "{:<24} {:>20} {:>10} {:>8} {:>10} {:>9}\n",
-        "group", "position", "in flight", "parked", "lag", "consumers"
+        "{:<24} {:>20} {:>10} {:>8} {:>10} {:>9} {:>10}\n",
+        "group", "position", "in flight", "parked", "lag", "consumers", "held back"
     );
     for g in groups {
         out.push_str(&format!(
-            "{:<24} {:>20} {:>10} {:>8} {:>10} {:>9}\n",
-            g.name, g.position, g.in_flight, g.parked, g.lag, g.consumers
+            "{:<24} {:>20} {:>10} {:>8} {:>10} {:>9} {:>10}\n",
+            g.name, g.position, g.in_flight, g.parked, g.lag, g.consumers, g.held_back
         ));
     }
     out
@@ -118,6 +118,7 @@ fn group_json(g: &GroupInfo) -> Value {
         "parked": g.parked,
         "lag": g.lag,
         "consumers": g.consumers,
+        "held_back": g.held_back,
         "categories": g.settings.categories,
         "event_types": g.settings.event_types,
         "from_position": g.settings.from_position,

@@ -46,6 +46,15 @@ CREATE TABLE eventstore.group_leases (
     CONSTRAINT group_leases_pkey PRIMARY KEY (group_id, first_position)
 );
 
+-- A lease is written at fetch and deleted at ack: compressing its positions, or moving them
+-- out of line, would cost more than the rest of the lease (eventstore._insert_leases keeps
+-- a lease to 800 positions, which fit in a page).
+ALTER TABLE eventstore.group_leases ALTER COLUMN positions SET STORAGE PLAIN;
+
+-- Leases that ran out, found without visiting the many deleted ones a busy group leaves
+-- until vacuum.
+CREATE INDEX group_leases_until_idx ON eventstore.group_leases (group_id, lease_until);
+
 SELECT pg_catalog.pg_extension_config_dump('eventstore.group_leases', '');
 
 -- The stream bucket of an ordered group (0 .. 63).
@@ -85,6 +94,10 @@ BEGIN
     WHERE ge.group_id = g.group_id
       AND ge.consumer IS NOT NULL
       AND ge.lease_until < moment;
+    IF NOT EXISTS (SELECT FROM eventstore.group_leases AS l
+                   WHERE l.group_id = g.group_id AND l.lease_until < moment) THEN
+        RETURN;
+    END IF;
     WITH gone AS (
         DELETE FROM eventstore.group_leases AS l
         WHERE l.group_id = g.group_id AND l.lease_until < moment
@@ -166,66 +179,74 @@ BEGIN
 END
 $$;
 
--- Moves the group's cursors: every bucket in `buckets` (NULL: all) to at least `reached`.
-CREATE FUNCTION eventstore._advance(g eventstore.subscription_groups, buckets int[], reached bigint)
-RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    cursors bigint[];
-BEGIN
-    IF g.bucket_positions IS NULL AND buckets IS NULL THEN
-        UPDATE eventstore.subscription_groups AS s
-        SET position = greatest(s.position, reached)
-        WHERE s.group_id = g.group_id;
-        RETURN;
-    END IF;
-    SELECT array_agg(CASE WHEN buckets IS NULL OR (c.n - 1)::int = ANY (buckets)
-                          THEN greatest(c.at, reached) ELSE c.at END
-                     ORDER BY c.n)
-    INTO cursors
-    FROM unnest(coalesce(g.bucket_positions, array_fill(g.position, ARRAY[64])))
-         WITH ORDINALITY AS c(at, n);
-    UPDATE eventstore.subscription_groups AS s
-    SET bucket_positions = CASE WHEN m.lowest = m.highest THEN NULL ELSE cursors END,
-        position = m.lowest
-    FROM (SELECT min(c) AS lowest, max(c) AS highest FROM unnest(cursors) AS c) AS m
-    WHERE s.group_id = g.group_id;
-END
+-- Leases `positions` to `who` as one lease, or several of at most 800 events: a lease's
+-- positions are stored uncompressed in the row (STORAGE PLAIN), which must fit in a page.
+CREATE FUNCTION eventstore._insert_leases(
+    g eventstore.subscription_groups, who text, lease timestamptz, buckets int[], positions bigint[]
+) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO eventstore.group_leases
+        (group_id, first_position, last_position, consumer, lease_until, buckets, positions)
+    SELECT g.group_id, min(u.p), max(u.p), who, lease, buckets, array_agg(u.p ORDER BY u.p)
+    FROM unnest(positions) WITH ORDINALITY AS u(p, n)
+    GROUP BY (u.n - 1) / 800
 $$;
 
--- Unordered groups: the next `wanted` events of the log after the cursor, leased to `who` as
--- one lease. Returns their positions.
+-- Unordered groups: the next `wanted` events of the log after the cursor, leased to `who`
+-- and returned whole, in position order, in one statement (one walk of the log).
 CREATE FUNCTION eventstore._lease_range(
     g eventstore.subscription_groups, who text, lease timestamptz, visible bigint, wanted int
-) RETURNS bigint[]
+) RETURNS SETOF eventstore.recorded_event
 LANGUAGE plpgsql
 -- Walk the log in position order whatever the statistics say (see read_all). JIT would only
 -- be drawn in by the cost these settings put on the small sorts left.
 SET enable_sort = off SET enable_bitmapscan = off SET jit = off
 AS $$
-DECLARE
-    taken bigint[];
 BEGIN
-    SELECT coalesce(array_agg(e.position ORDER BY e.position), '{}') INTO taken
-    FROM (SELECT e.position
-          FROM eventstore.events AS e
-          WHERE e.position > g.position
-            AND e.position < visible
-            AND (g.event_types IS NULL OR e.type = ANY (g.event_types))
-            AND (g.categories IS NULL OR split_part(e.stream, '-', 1) = ANY (g.categories))
-            AND (g.bucket_positions IS NULL
-                 OR e.position > g.bucket_positions[eventstore._stream_bucket(e.stream) + 1])
-            AND (e.position >= g.replay_below OR NOT eventstore._in_group(g.group_id, e.position))
-          ORDER BY e.position
-          LIMIT wanted) AS e;
-    IF cardinality(taken) > 0 THEN
+    RETURN QUERY
+    WITH taken AS MATERIALIZED (
+        SELECT e.position, e.stream, e.version, e.type, e.data, e.metadata, e.id, e.recorded_at
+        FROM eventstore.events AS e
+        WHERE e.position > g.position
+          AND e.position < visible
+          AND (g.event_types IS NULL OR e.type = ANY (g.event_types))
+          AND (g.categories IS NULL OR split_part(e.stream, '-', 1) = ANY (g.categories))
+          AND (g.bucket_positions IS NULL
+               OR e.position > g.bucket_positions[eventstore._stream_bucket(e.stream) + 1])
+          AND (e.position >= g.replay_below OR NOT eventstore._in_group(g.group_id, e.position))
+        ORDER BY e.position
+        LIMIT wanted
+    ),
+    batch AS (
+        SELECT array_agg(t.position ORDER BY t.position) AS positions,
+               CASE WHEN count(*) < wanted THEN visible - 1 ELSE max(t.position) END AS reached
+        FROM taken AS t
+    ),
+    leased AS (
+        -- As _insert_leases does (a data-modifying WITH runs whether read or not).
         INSERT INTO eventstore.group_leases
             (group_id, first_position, last_position, consumer, lease_until, buckets, positions)
-        VALUES (g.group_id, taken[1], taken[cardinality(taken)], who, lease, NULL, taken);
-    END IF;
-    PERFORM eventstore._advance(g, NULL, CASE WHEN cardinality(taken) < wanted THEN visible - 1
-                                              ELSE taken[cardinality(taken)] END);
-    RETURN taken;
+        SELECT g.group_id, min(u.p), max(u.p), who, lease, NULL, array_agg(u.p ORDER BY u.p)
+        FROM batch AS b
+        CROSS JOIN LATERAL unnest(b.positions) WITH ORDINALITY AS u(p, n)
+        GROUP BY (u.n - 1) / 800
+    ),
+    moved AS (
+        -- Every cursor moves to at least `reached`; the bucket cursors (left by ordered
+        -- mode) are gone once all lie behind it.
+        UPDATE eventstore.subscription_groups AS s
+        SET position = greatest(s.position, b.reached),
+            bucket_positions =
+                CASE WHEN (SELECT max(c) FROM unnest(s.bucket_positions) AS c) > b.reached
+                     THEN ARRAY(SELECT greatest(c.at, b.reached)
+                                FROM unnest(s.bucket_positions) WITH ORDINALITY AS c(at, n)
+                                ORDER BY c.n) END
+        FROM batch AS b
+        WHERE s.group_id = g.group_id
+    )
+    SELECT t.position, t.stream, t.version, t.type, t.data, t.metadata, t.id, t.recorded_at
+    FROM taken AS t
+    ORDER BY t.position;
 END
 $$;
 
@@ -248,10 +269,11 @@ LANGUAGE sql STABLE AS $$
     LIMIT _group_log.max_count
 $$;
 
--- Ordered groups: claims the free buckets furthest behind (half of the free ones, at least
--- one) and leases their next events, up to `wanted`, to `who` as one lease holding those
--- buckets. Events of a held stream (one with rows in the group) wait behind its rows
--- instead. Returns the leased positions.
+-- Ordered groups: claims the free buckets furthest behind (half of the free ones, so that
+-- other consumers find some) and leases their next events, up to `wanted`, to `who` as one
+-- lease holding those buckets. When the claimed buckets have fewer events, the free buckets
+-- that have some are claimed too. Events of a held stream (one with rows in the group) wait
+-- behind its rows instead, and the walk goes on past them. Returns the leased positions.
 CREATE FUNCTION eventstore._lease_streams(
     g eventstore.subscription_groups, who text, lease timestamptz, visible bigint, wanted int
 ) RETURNS bigint[]
@@ -262,78 +284,114 @@ SET enable_sort = off SET enable_bitmapscan = off SET jit = off
 AS $$
 DECLARE
     cursors bigint[] := coalesce(g.bucket_positions, array_fill(g.position, ARRAY[64]));
+    held int[];
     free int[];
     claimed int[];
+    extra int[];
+    -- Buckets with events in what was read, after their cursors.
+    seen int[];
+    moving int[];
     lowest bigint;
-    -- A fetch reads at most this many events of the log, whatever it finds in them.
+    -- One walk reads at most this many events of the log, whatever it finds in them.
     scan_limit int := 16 * wanted;
     scanned bigint;
     last_scanned bigint;
+    reached bigint;
+    remaining int;
     found bigint[];
     streams text[];
-    leased bigint[];
-    -- Buckets with events in what was read, after their cursors.
-    seen int[];
+    kept bigint[];
+    leased bigint[] := '{}';
+    any_held boolean := EXISTS (SELECT FROM eventstore.group_events AS ge
+                                WHERE ge.group_id = g.group_id AND ge.stream IS NOT NULL);
+    walks int := 0;
 BEGIN
+    -- The buckets no lease holds, furthest behind first.
+    SELECT CASE WHEN bool_or(l.buckets IS NULL) THEN ARRAY(SELECT generate_series(0, 63))
+                ELSE coalesce(array_agg(h), '{}') END
+    INTO held
+    FROM eventstore.group_leases AS l
+    LEFT JOIN LATERAL unnest(l.buckets) AS h ON true
+    WHERE l.group_id = g.group_id;
     SELECT coalesce(array_agg(b ORDER BY cursors[b + 1], b), '{}') INTO free
     FROM generate_series(0, 63) AS b
-    WHERE NOT EXISTS (SELECT FROM eventstore.group_leases AS l
-                      WHERE l.group_id = g.group_id
-                        AND (l.buckets IS NULL OR b = ANY (l.buckets)));
+    WHERE b <> ALL (held);
     IF cardinality(free) = 0 THEN
         RETURN '{}';
     END IF;
     claimed := free[1 : (cardinality(free) + 1) / 2];
-    SELECT min(cursors[b + 1]) INTO lowest FROM unnest(claimed) AS b;
-    -- The claimed buckets' next events. The subquery's LIMIT keeps the bucket test out of
-    -- the walk of the log, and the outer LIMIT stops the walk once enough are found.
-    SELECT coalesce(array_agg(m.position ORDER BY m.position), '{}'),
-           coalesce(array_agg(m.stream ORDER BY m.position), '{}')
-    INTO found, streams
-    FROM (SELECT r.position, r.stream
-          FROM eventstore._group_log(g, lowest, visible, scan_limit) AS r
-          WHERE r.bucket = ANY (claimed) AND r.position > cursors[r.bucket + 1]
-          LIMIT wanted) AS m;
-    IF cardinality(found) < wanted THEN
-        -- Everything up to the scan limit was read: how far that went, and which buckets
-        -- had events in it.
-        SELECT count(*), max(r.position),
-               coalesce(array_agg(DISTINCT r.bucket) FILTER (WHERE r.position > cursors[r.bucket + 1]), '{}')
-        INTO scanned, last_scanned, seen
-        FROM eventstore._group_log(g, lowest, visible, scan_limit) AS r;
-    ELSE
-        seen := free;
-    END IF;
+    LOOP
+        walks := walks + 1;
+        remaining := wanted - cardinality(leased);
+        SELECT min(cursors[b + 1]) INTO lowest FROM unnest(claimed) AS b;
+        -- The claimed buckets' next events. The subquery's LIMIT keeps the bucket test out
+        -- of the walk of the log, and the outer LIMIT stops the walk once enough are found.
+        SELECT coalesce(array_agg(m.position ORDER BY m.position), '{}'),
+               coalesce(array_agg(m.stream ORDER BY m.position), '{}')
+        INTO found, streams
+        FROM (SELECT r.position, r.stream
+              FROM eventstore._group_log(g, lowest, visible, scan_limit) AS r
+              WHERE r.bucket = ANY (claimed) AND r.position > cursors[r.bucket + 1]
+              LIMIT remaining) AS m;
+        IF cardinality(found) = remaining THEN
+            reached := found[cardinality(found)];
+            moving := claimed;
+        ELSE
+            -- Everything up to the scan limit was read: how far that went, and which
+            -- buckets had events in it.
+            SELECT count(*), max(r.position),
+                   coalesce(array_agg(DISTINCT r.bucket)
+                            FILTER (WHERE r.position > cursors[r.bucket + 1]), '{}')
+            INTO scanned, last_scanned, seen
+            FROM eventstore._group_log(g, lowest, visible, scan_limit) AS r;
+            extra := ARRAY(SELECT unnest(free) INTERSECT SELECT unnest(seen)
+                           EXCEPT SELECT unnest(claimed));
+            IF cardinality(extra) > 0 THEN
+                claimed := claimed || extra;
+                CONTINUE;
+            END IF;
+            reached := CASE WHEN scanned = scan_limit THEN last_scanned ELSE visible - 1 END;
+            -- The free buckets that had nothing in what was read move on too.
+            moving := claimed || ARRAY(SELECT unnest(free) EXCEPT SELECT unnest(seen));
+        END IF;
 
-    leased := found;
-    IF cardinality(found) > 0
-       AND EXISTS (SELECT FROM eventstore.group_events AS ge
-                   WHERE ge.group_id = g.group_id AND ge.stream IS NOT NULL) THEN
-        WITH candidates AS MATERIALIZED (
-            SELECT f.position, f.stream,
-                   EXISTS (SELECT FROM eventstore.group_events AS ge
-                           WHERE ge.group_id = g.group_id AND ge.stream = f.stream) AS held
-            FROM unnest(found, streams) AS f(position, stream)
-        ),
-        waiting AS (
-            INSERT INTO eventstore.group_events AS ge (group_id, position, stream)
-            SELECT g.group_id, c.position, c.stream FROM candidates AS c WHERE c.held
-            ON CONFLICT ON CONSTRAINT group_events_pkey DO NOTHING
-        )
-        SELECT coalesce(array_agg(c.position ORDER BY c.position) FILTER (WHERE NOT c.held), '{}')
-        INTO leased
-        FROM candidates AS c;
-    END IF;
+        kept := found;
+        IF any_held AND cardinality(found) > 0 THEN
+            WITH candidates AS MATERIALIZED (
+                SELECT f.position, f.stream,
+                       EXISTS (SELECT FROM eventstore.group_events AS ge
+                               WHERE ge.group_id = g.group_id AND ge.stream = f.stream) AS held
+                FROM unnest(found, streams) AS f(position, stream)
+            ),
+            waiting AS (
+                INSERT INTO eventstore.group_events AS ge (group_id, position, stream)
+                SELECT g.group_id, c.position, c.stream FROM candidates AS c WHERE c.held
+                ON CONFLICT ON CONSTRAINT group_events_pkey DO NOTHING
+            )
+            SELECT coalesce(array_agg(c.position ORDER BY c.position) FILTER (WHERE NOT c.held), '{}')
+            INTO kept
+            FROM candidates AS c;
+        END IF;
+        leased := leased || kept;
+        SELECT array_agg(CASE WHEN (c.n - 1)::int = ANY (moving) THEN greatest(c.at, reached)
+                              ELSE c.at END
+                         ORDER BY c.n)
+        INTO cursors
+        FROM unnest(cursors) WITH ORDINALITY AS c(at, n);
+        -- Done when the batch is full, or the log has nothing more for these buckets; events
+        -- held back may have left room, so walk on (a few times at most per fetch).
+        EXIT WHEN cardinality(leased) >= wanted
+               OR (cardinality(found) < remaining AND scanned < scan_limit)
+               OR walks >= 16;
+    END LOOP;
     IF cardinality(leased) > 0 THEN
-        INSERT INTO eventstore.group_leases
-            (group_id, first_position, last_position, consumer, lease_until, buckets, positions)
-        VALUES (g.group_id, leased[1], leased[cardinality(leased)], who, lease, claimed, leased);
+        PERFORM eventstore._insert_leases(g, who, lease, claimed, leased);
     END IF;
-    -- The claimed buckets move on, and so do the free ones that had nothing in what was read.
-    PERFORM eventstore._advance(g, claimed || ARRAY(SELECT unnest(free) EXCEPT SELECT unnest(seen)),
-        CASE WHEN cardinality(found) = wanted THEN found[cardinality(found)]
-             WHEN scanned = scan_limit THEN last_scanned
-             ELSE visible - 1 END);
+    UPDATE eventstore.subscription_groups AS s
+    SET bucket_positions = CASE WHEN m.lowest = m.highest THEN NULL ELSE cursors END,
+        position = m.lowest
+    FROM (SELECT min(c) AS lowest, max(c) AS highest FROM unnest(cursors) AS c) AS m
+    WHERE s.group_id = g.group_id;
     RETURN leased;
 END
 $$;
@@ -375,13 +433,21 @@ BEGIN
            coalesce(array_agg(r.attempt ORDER BY r.position), '{}')
     INTO taken, attempts
     FROM eventstore._lease_rows(g, who, lease, moment, wanted) AS r;
+    IF NOT g.ordered_by_stream AND cardinality(taken) = 0 THEN
+        -- The common case: new events of the log, read and leased in one walk.
+        RETURN QUERY
+        SELECT f.position, f.stream, f.version, f.type, f.data, f.metadata, f.id, f.recorded_at, 1
+        FROM eventstore._lease_range(g, who, lease, eventstore._visible_below(), wanted) AS f;
+        RETURN;
+    END IF;
     IF cardinality(taken) < wanted THEN
         IF g.ordered_by_stream THEN
             fresh := eventstore._lease_streams(g, who, lease, eventstore._visible_below(),
                                                wanted - cardinality(taken));
         ELSE
-            fresh := eventstore._lease_range(g, who, lease, eventstore._visible_below(),
-                                             wanted - cardinality(taken));
+            fresh := ARRAY(SELECT f.position
+                           FROM eventstore._lease_range(g, who, lease, eventstore._visible_below(),
+                                                        wanted - cardinality(taken)) AS f);
         END IF;
         taken := taken || fresh;
         attempts := attempts || array_fill(1, ARRAY[cardinality(fresh)]);
@@ -775,7 +841,7 @@ REVOKE ALL ON FUNCTION
     eventstore._read_all_filtered(bigint, integer, text[], text[]),
     eventstore._in_group(integer, bigint),
     eventstore._lease_rows(eventstore.subscription_groups, text, timestamptz, timestamptz, integer),
-    eventstore._advance(eventstore.subscription_groups, integer[], bigint),
+    eventstore._insert_leases(eventstore.subscription_groups, text, timestamptz, integer[], bigint[]),
     eventstore._lease_range(eventstore.subscription_groups, text, timestamptz, bigint, integer),
     eventstore._lease_streams(eventstore.subscription_groups, text, timestamptz, bigint, integer),
     eventstore._group_log(eventstore.subscription_groups, bigint, bigint, integer),
@@ -810,10 +876,10 @@ COMMENT ON FUNCTION eventstore._expire_leases(eventstore.subscription_groups, ti
 'Internal: returns leases that ran out to their group as rows, parking events out of attempts.';
 COMMENT ON FUNCTION eventstore._lease_rows(eventstore.subscription_groups, text, timestamptz, timestamptz, integer) IS
 'Internal: leases a group''s due rows (retries; in ordered groups the waiting events of free streams).';
-COMMENT ON FUNCTION eventstore._advance(eventstore.subscription_groups, integer[], bigint) IS
-'Internal: moves a group''s cursors (all, or those of some stream buckets).';
+COMMENT ON FUNCTION eventstore._insert_leases(eventstore.subscription_groups, text, timestamptz, integer[], bigint[]) IS
+'Internal: records leases of positions (at most 800 per lease).';
 COMMENT ON FUNCTION eventstore._lease_range(eventstore.subscription_groups, text, timestamptz, bigint, integer) IS
-'Internal: leases the next events of the log to a consumer of an unordered group, as one lease.';
+'Internal: leases the next events of the log to a consumer of an unordered group and returns them.';
 COMMENT ON FUNCTION eventstore._lease_streams(eventstore.subscription_groups, text, timestamptz, bigint, integer) IS
 'Internal: claims free stream buckets of an ordered group and leases their next events, as one lease.';
 COMMENT ON FUNCTION eventstore._group_log(eventstore.subscription_groups, bigint, bigint, integer) IS

@@ -107,6 +107,8 @@ pub struct GroupInfo {
     pub lag: u64,
     /// Consumers holding leases.
     pub consumers: u64,
+    /// Events waiting behind a parked event of their stream (groups ordered by stream).
+    pub held_back: u64,
     /// The group's options.
     pub settings: GroupSettings,
 }
@@ -186,7 +188,7 @@ impl EventStore {
             "SELECT group_name, position, in_flight, parked, lag, consumers, categories, \
                     event_types, max_attempts, \
                     extract(epoch FROM lease_timeout)::float8 AS lease_seconds, \
-                    ordered_by_stream, from_position \
+                    ordered_by_stream, from_position, held_back \
              FROM eventstore.groups ORDER BY group_name",
         )
         .fetch_all(self.pool())
@@ -203,6 +205,7 @@ impl EventStore {
                     parked: number("parked")?,
                     lag: number("lag")?,
                     consumers: number("consumers")?,
+                    held_back: number("held_back")?,
                     settings: GroupSettings {
                         categories: row.try_get("categories")?,
                         event_types: row.try_get("event_types")?,
