@@ -144,7 +144,11 @@ async fn a_database_set_up_by_release_0_2_0_keeps_its_events_read_models_and_che
     let upgraded = store.migrate().await.unwrap();
     assert_eq!(
         upgraded,
-        applied(&[(4, "projection_checkpoints"), (6, "pg_eventstore_update")])
+        applied(&[
+            (4, "projection_checkpoints"),
+            (6, "pg_eventstore_update"),
+            (7, "pg_eventstore_update")
+        ])
     );
     assert_eq!(extension_version(&db).await, env!("CARGO_PKG_VERSION"));
     let history: Vec<(i32, String)> =
@@ -157,7 +161,8 @@ async fn a_database_set_up_by_release_0_2_0_keeps_its_events_read_models_and_che
         [
             (1, "pg_eventstore_extension".to_owned()),
             (4, "projection_checkpoints".to_owned()),
-            (6, "pg_eventstore_update".to_owned())
+            (6, "pg_eventstore_update".to_owned()),
+            (7, "pg_eventstore_update".to_owned())
         ]
     );
     let shop = pg_eventstore_shop::migrate(&store).await.unwrap();
@@ -265,7 +270,10 @@ async fn a_database_set_up_by_release_0_3_0_is_updated_with_its_events_and_group
         .unwrap();
 
     let upgraded = store.migrate().await.unwrap();
-    assert_eq!(upgraded, applied(&[(6, "pg_eventstore_update")]));
+    assert_eq!(
+        upgraded,
+        applied(&[(6, "pg_eventstore_update"), (7, "pg_eventstore_update")])
+    );
     assert_eq!(extension_version(&db).await, env!("CARGO_PKG_VERSION"));
     assert_eq!(store.migrate().await.unwrap(), vec![]);
     let history: Vec<i32> =
@@ -273,7 +281,7 @@ async fn a_database_set_up_by_release_0_3_0_is_updated_with_its_events_and_group
             .fetch_all(&db.pool)
             .await
             .unwrap();
-    assert_eq!(history, [1, 4, 6]);
+    assert_eq!(history, [1, 4, 6, 7]);
     settled(&db.pool).await;
     let fetched: Vec<i64> =
         sqlx::query_scalar("SELECT position FROM eventstore.fetch('billing', 'worker-1', 10)")

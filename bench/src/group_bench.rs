@@ -102,7 +102,13 @@ async fn through_group(
     rate
 }
 
-pub async fn run(admin: &PgPool, options: &PgConnectOptions, total: u64) {
+/// Issue 12's targets, as ratios to `read_all` of the same events: 4 workers unordered, and
+/// 4 workers ordered by stream.
+const TARGET_4: f64 = 0.5;
+const TARGET_4_ORDERED: f64 = 0.25;
+
+/// The group figures; true when both targets are met.
+pub async fn run(admin: &PgPool, options: &PgConnectOptions, total: u64) -> bool {
     println!();
     println!("persistent subscription groups: {total} events, batches of {BATCH}, a handler that does nothing");
     let store = database(admin, options).await;
@@ -119,6 +125,7 @@ pub async fn run(admin: &PgPool, options: &PgConnectOptions, total: u64) {
         "  {:<32} {:>12} {:>16}",
         "group", "events/s", "ratio to read_all"
     );
+    let mut met = true;
     for (workers, ordered) in [
         (1, false),
         (2, false),
@@ -134,6 +141,21 @@ pub async fn run(admin: &PgPool, options: &PgConnectOptions, total: u64) {
         );
         let name = format!("bench-{workers}{}", if ordered { "-ordered" } else { "" });
         let rate = through_group(&store, &name, workers, ordered, total).await;
-        println!("  {label:<32} {rate:>12.0} {:>16.2}", rate / read_rate);
+        let ratio = rate / read_rate;
+        let target = match (workers, ordered) {
+            (4, false) => Some(TARGET_4),
+            (4, true) => Some(TARGET_4_ORDERED),
+            _ => None,
+        };
+        let verdict = match target {
+            Some(target) if ratio >= target => format!("  target >= {target}: met"),
+            Some(target) => {
+                met = false;
+                format!("  target >= {target}: MISSED")
+            }
+            None => String::new(),
+        };
+        println!("  {label:<32} {rate:>12.0} {ratio:>16.2}{verdict}");
     }
+    met
 }

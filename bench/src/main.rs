@@ -217,7 +217,7 @@ async fn main() {
         all_met &= projection_bench::run(&pool, &options, events, seconds).await;
     }
     if only.is_empty() || only == "groups" {
-        group_bench::run(&pool, &options, arg("--group-events", 200_000)).await;
+        all_met &= group_bench::run(&pool, &options, arg("--group-events", 200_000)).await;
     }
     println!(
         "{}",
