@@ -62,6 +62,10 @@ async fn migrate_creates_the_extension_once_even_when_called_concurrently() {
             AppliedMigration {
                 version: 6,
                 name: "pg_eventstore_update".to_owned()
+            },
+            AppliedMigration {
+                version: 7,
+                name: "pg_eventstore_update".to_owned()
             }
         ]
     );

@@ -202,6 +202,8 @@ async fn groups_in_flight_keep_their_leases_and_parked_events_across_the_update(
          FROM generate_series(0, 19) AS i",
     )
     .await;
+    // Until every event is below the visibility bound, a fetch would see fewer of them.
+    db.settled().await;
     for (group, ordered) in [("plain", false), ("ordered", true)] {
         exec(
             pool,
@@ -221,6 +223,11 @@ async fn groups_in_flight_keep_their_leases_and_parked_events_across_the_update(
             ),
         )
         .await;
+        assert_eq!(
+            scalar(pool, &format!("SELECT count(*) FROM held_{group}")).await,
+            4,
+            "{group}"
+        );
     }
     exec(pool, "ALTER EXTENSION pg_eventstore UPDATE").await;
     assert_eq!(
