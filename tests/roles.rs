@@ -51,6 +51,7 @@ const PAST_THE_API: &[&str] = &[
     "TRUNCATE eventstore.events",
     "UPDATE eventstore.subscription_groups SET position = 0",
     "DELETE FROM eventstore.group_events",
+    "DELETE FROM eventstore.group_leases",
     "UPDATE eventstore.position_base SET base = 0",
 ];
 

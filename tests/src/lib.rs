@@ -198,13 +198,14 @@ pub async fn settled(pool: &PgPool) {
     .await;
 }
 
-/// Rows of every table the API writes: events, subscription groups, group events. A call
-/// that fails must leave them as they were.
-pub async fn stored_rows<'e>(db: impl sqlx::PgExecutor<'e>) -> (i64, i64, i64) {
+/// Rows of every table the API writes: events, subscription groups, group events, group
+/// leases. A call that fails must leave them as they were.
+pub async fn stored_rows<'e>(db: impl sqlx::PgExecutor<'e>) -> (i64, i64, i64, i64) {
     sqlx::query_as(
         "SELECT (SELECT count(*) FROM eventstore.events), \
                 (SELECT count(*) FROM eventstore.subscription_groups), \
-                (SELECT count(*) FROM eventstore.group_events)",
+                (SELECT count(*) FROM eventstore.group_events), \
+                (SELECT count(*) FROM eventstore.group_leases)",
     )
     .fetch_one(db)
     .await
