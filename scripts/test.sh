@@ -11,6 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+# One build from scratch: incremental caches would only double the disk it takes.
+export CARGO_INCREMENTAL=0
 
 scripts/setup.sh
 

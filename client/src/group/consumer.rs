@@ -273,13 +273,19 @@ impl Worker {
         Fut: Future<Output = Result<(), HandlerError>>,
     {
         let mut backoff = Backoff::TRANSIENT;
+        // The handled events of the last batch: their ack goes out with the next fetch.
+        let mut handled = Vec::new();
         while !*self.stop.borrow() {
             self.hints.borrow_and_update();
-            let batch = match self
-                .store
-                .fetch(&self.group, &self.consumer, self.options.batch_size)
-                .await
-            {
+            // Side by side on two pooled connections: the ack waits for its WAL flush while
+            // the next batch is leased.
+            let (acked, fetched) = tokio::join!(
+                self.ack(std::mem::take(&mut handled)),
+                self.store
+                    .fetch_unflushed(&self.group, &self.consumer, self.options.batch_size)
+            );
+            acked?;
+            let batch = match fetched {
                 Ok(batch) => batch,
                 Err(error) if error.is_transient() => {
                     tracing::warn!(%error, consumer = %self.consumer, "fetch failed; retrying");
@@ -294,13 +300,14 @@ impl Worker {
                 wait_for_events(&mut self.hints, None, poll, Some(&mut self.stop)).await;
                 continue;
             }
-            self.handle(batch, handler).await?;
+            handled = self.handle(batch, handler).await?;
         }
-        Ok(())
+        self.ack(handled).await
     }
 
-    /// Handles a batch in order, then acks the successes.
-    async fn handle<H, Fut>(&self, batch: Vec<GroupEvent>, handler: &H) -> Result<()>
+    /// Handles a batch in order, nacking or parking the failures; returns the positions
+    /// handled, to be acked.
+    async fn handle<H, Fut>(&self, batch: Vec<GroupEvent>, handler: &H) -> Result<Vec<u64>>
     where
         H: Fn(GroupEvent) -> Fut,
         Fut: Future<Output = Result<(), HandlerError>>,
@@ -355,21 +362,27 @@ impl Worker {
                 }
             }
         }
-        if !done.is_empty() {
-            let acked = self
-                .retrying(|| self.store.ack(&self.group, &self.consumer, &done))
-                .await?;
-            self.stats.acked.fetch_add(acked, Ordering::Relaxed);
-            let lost = done.len() as u64 - acked;
-            if lost > 0 {
-                self.stats.lost_leases.fetch_add(lost, Ordering::Relaxed);
-                tracing::warn!(
-                    consumer = %self.consumer,
-                    lost,
-                    "leases ran out before the ack; those events went to another consumer \
-                     (raise lease_timeout above the time a batch takes)"
-                );
-            }
+        Ok(done)
+    }
+
+    /// Acks the handled events `done` (nothing to do when empty).
+    async fn ack(&self, done: Vec<u64>) -> Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let acked = self
+            .retrying(|| self.store.ack(&self.group, &self.consumer, &done))
+            .await?;
+        self.stats.acked.fetch_add(acked, Ordering::Relaxed);
+        let lost = done.len() as u64 - acked;
+        if lost > 0 {
+            self.stats.lost_leases.fetch_add(lost, Ordering::Relaxed);
+            tracing::warn!(
+                consumer = %self.consumer,
+                lost,
+                "leases ran out before the ack; those events went to another consumer \
+                 (raise lease_timeout above the time a batch takes)"
+            );
         }
         Ok(())
     }
