@@ -969,3 +969,105 @@ async fn parked_events_hold_back_their_own_streams_only_however_many_wait_behind
             .unwrap();
     assert_eq!((lag, held), (0, 0));
 }
+
+/// An ordered fetch whose first walk of the log found only events of a held stream walks on
+/// from where that walk ended. The stream buckets it did not claim must keep their cursors
+/// there: their events before that point were never read (a fetch once moved them to the end
+/// of the log, and those events were never delivered).
+#[tokio::test]
+async fn an_ordered_fetch_that_walks_on_past_a_held_stream_skips_no_other_stream() {
+    let db = TestDb::new(2).await;
+    let pool = &db.pool;
+    // With all cursors equal, a fetch claims the buckets 0..31 first.
+    let stream_in = |prefix: &'static str, low: bool| async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT s FROM (SELECT $1 || '-' || n AS s FROM generate_series(0, 999) AS n) AS c \
+             WHERE (eventstore._stream_bucket(s) < 32) = $2 LIMIT 1",
+        )
+        .bind(prefix)
+        .bind(low)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    let held = stream_in("held", true).await;
+    let low = stream_in("low", true).await;
+    let high = stream_in("high", false).await;
+    let append = |stream: String| async move {
+        sqlx::query(
+            "SELECT eventstore.append($1, jsonb_build_array(jsonb_build_object( \
+                 'type', 'item-added', 'data', '{}'::jsonb)))",
+        )
+        .bind(stream)
+        .execute(pool)
+        .await
+        .unwrap();
+    };
+    let ack = |positions: Vec<i64>| async move {
+        let n: i32 = sqlx::query_scalar("SELECT eventstore.ack('walks', 'c', $1)")
+            .bind(&positions)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(n as usize, positions.len());
+    };
+    let streams_of = |batch: &[(i64, String)]| -> Vec<String> {
+        batch.iter().map(|(_, stream)| stream.clone()).collect()
+    };
+    let take = |n: i32| async move {
+        sqlx::query_as::<_, (i64, String)>(
+            "SELECT position, stream FROM eventstore.fetch('walks', 'c', $1)",
+        )
+        .bind(n)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    };
+    sqlx::query(
+        "SELECT eventstore.create_group('walks', ordered_by_stream => true, \
+         lease_timeout => '1 hour')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+
+    // The held stream: its first event is nacked for an hour.
+    append(held.clone()).await;
+    db.settled().await;
+    let first = take(1).await;
+    assert_eq!(streams_of(&first), [held.clone()]);
+    let n: i32 = sqlx::query_scalar("SELECT eventstore.nack('walks', 'c', $1, '1 hour', 'later')")
+        .bind(vec![first[0].0])
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    // The buckets 32..63 are behind now; the next fetch claims them and moves them on.
+    append(high.clone()).await;
+    db.settled().await;
+    let second = take(1).await;
+    assert_eq!(streams_of(&second), [high.clone()]);
+    ack(vec![second[0].0]).await;
+
+    // Then: an event of the high stream, two of the held one, one of the low one. The next
+    // fetch claims the buckets 0..31 (furthest behind), finds the held stream's two events
+    // (they wait behind its nacked one), and walks on to the low stream's event.
+    append(high.clone()).await;
+    append(held.clone()).await;
+    append(held.clone()).await;
+    append(low.clone()).await;
+    db.settled().await;
+    let third = take(2).await;
+    assert_eq!(streams_of(&third), [low.clone()]);
+    ack(third.iter().map(|(p, _)| *p).collect()).await;
+
+    // The high stream's second event is still delivered.
+    let fourth = take(10).await;
+    assert_eq!(streams_of(&fourth), [high.clone()]);
+    ack(fourth.iter().map(|(p, _)| *p).collect()).await;
+    assert!(take(10).await.is_empty());
+    // Waiting: the nacked event and the two behind it.
+    let (_, in_flight, parked, lag) = view(pool, "walks").await;
+    assert_eq!((in_flight, parked, lag), (0, 0, 3));
+    db.drop_database().await;
+}

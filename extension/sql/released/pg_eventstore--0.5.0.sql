@@ -1746,17 +1746,20 @@ BEGIN
 END
 $$;
 
--- Leases `positions` to `who` as one lease, or several of at most 800 events: a lease's
--- positions are stored uncompressed in the row (STORAGE PLAIN), which must fit in a page.
+-- Leases `positions` (in position order) to `who` as one lease, or several of at most 800
+-- events: a lease's positions are stored uncompressed in the row (STORAGE PLAIN), which
+-- must fit in a page.
 CREATE FUNCTION eventstore._insert_leases(
     g eventstore.subscription_groups, who text, lease timestamptz, buckets int[], positions bigint[]
 ) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO eventstore.group_leases
         (group_id, first_position, last_position, consumer, lease_until, buckets, positions)
-    SELECT g.group_id, min(u.p), max(u.p), who, lease, buckets, array_agg(u.p ORDER BY u.p)
-    FROM unnest(positions) WITH ORDINALITY AS u(p, n)
-    GROUP BY (u.n - 1) / 800
+    SELECT g.group_id, c.part[1], c.part[cardinality(c.part)], who, lease, buckets, c.part
+    FROM generate_series(1, cardinality(positions), 800) AS s(i)
+    CROSS JOIN LATERAL (SELECT positions[s.i : s.i + 799] AS part) AS c;
+END
 $$;
 
 -- Unordered groups: the next `wanted` events of the log after the cursor, leased to `who`
@@ -1785,7 +1788,8 @@ BEGIN
         LIMIT wanted
     ),
     batch AS (
-        SELECT array_agg(t.position ORDER BY t.position) AS positions,
+        -- Read back in the order written: position order.
+        SELECT array_agg(t.position) AS positions,
                CASE WHEN count(*) < wanted THEN visible - 1 ELSE max(t.position) END AS reached
         FROM taken AS t
     ),
@@ -1793,10 +1797,10 @@ BEGIN
         -- As _insert_leases does (a data-modifying WITH runs whether read or not).
         INSERT INTO eventstore.group_leases
             (group_id, first_position, last_position, consumer, lease_until, buckets, positions)
-        SELECT g.group_id, min(u.p), max(u.p), who, lease, NULL, array_agg(u.p ORDER BY u.p)
+        SELECT g.group_id, c.part[1], c.part[cardinality(c.part)], who, lease, NULL, c.part
         FROM batch AS b
-        CROSS JOIN LATERAL unnest(b.positions) WITH ORDINALITY AS u(p, n)
-        GROUP BY (u.n - 1) / 800
+        CROSS JOIN LATERAL generate_series(1, cardinality(b.positions), 800) AS s(i)
+        CROSS JOIN LATERAL (SELECT b.positions[s.i : s.i + 799] AS part) AS c
     ),
     moved AS (
         -- Every cursor moves to at least `reached`; the bucket cursors (left by ordered
@@ -1811,19 +1815,23 @@ BEGIN
         FROM batch AS b
         WHERE s.group_id = g.group_id
     )
+    -- In position order, as written (a sort here would cost as much as the lease).
     SELECT t.position, t.stream, t.version, t.type, t.data, t.metadata, t.id, t.recorded_at
-    FROM taken AS t
-    ORDER BY t.position;
+    FROM taken AS t;
 END
 $$;
 
 -- The group's events of the log after `after`, in position order, with their stream
--- buckets: at most `max_count`. Inlined into the callers.
+-- buckets: at most `max_count`. Inlined into the callers (which read the columns they use).
 CREATE FUNCTION eventstore._group_log(
     g eventstore.subscription_groups, after bigint, visible bigint, max_count int
-) RETURNS TABLE ("position" bigint, stream text, bucket int)
+) RETURNS TABLE (
+    "position" bigint, stream text, version bigint, type text, data jsonb, metadata jsonb,
+    id uuid, recorded_at timestamptz, bucket int
+)
 LANGUAGE sql STABLE AS $$
-    SELECT e.position, e.stream, eventstore._stream_bucket(e.stream)
+    SELECT e.position, e.stream, e.version, e.type, e.data, e.metadata, e.id, e.recorded_at,
+           eventstore._stream_bucket(e.stream)
     FROM eventstore.events AS e
     WHERE e.position > _group_log.after
       AND e.position < _group_log.visible
@@ -1840,10 +1848,11 @@ $$;
 -- other consumers find some) and leases their next events, up to `wanted`, to `who` as one
 -- lease holding those buckets. When the claimed buckets have fewer events, the free buckets
 -- that have some are claimed too. Events of a held stream (one with rows in the group) wait
--- behind its rows instead, and the walk goes on past them. Returns the leased positions.
+-- behind its rows instead, and the walk goes on past them. Returns the leased events, in
+-- position order.
 CREATE FUNCTION eventstore._lease_streams(
     g eventstore.subscription_groups, who text, lease timestamptz, visible bigint, wanted int
-) RETURNS bigint[]
+) RETURNS SETOF eventstore.recorded_event
 LANGUAGE plpgsql
 -- Walk the log in position order whatever the statistics say (see read_all). JIT would only
 -- be drawn in by the cost these settings put on the small sorts left.
@@ -1866,11 +1875,11 @@ DECLARE
     reached bigint;
     remaining int;
     found bigint[];
-    streams text[];
+    found_events eventstore.recorded_event[];
     kept bigint[];
     leased bigint[] := '{}';
-    any_held boolean := EXISTS (SELECT FROM eventstore.group_events AS ge
-                                WHERE ge.group_id = g.group_id AND ge.stream IS NOT NULL);
+    leased_events eventstore.recorded_event[] := '{}';
+    any_held boolean;
     walks int := 0;
 BEGIN
     -- The buckets no lease holds, furthest behind first.
@@ -1884,19 +1893,27 @@ BEGIN
     FROM generate_series(0, 63) AS b
     WHERE b <> ALL (held);
     IF cardinality(free) = 0 THEN
-        RETURN '{}';
+        RETURN;
     END IF;
+    -- Whether any stream is held, looked at after the leases: a transaction that gave a
+    -- stream's events back (rows) and ended the lease that held its bucket committed before
+    -- the leases were read, so its rows are seen here.
+    any_held := EXISTS (SELECT FROM eventstore.group_events AS ge
+                        WHERE ge.group_id = g.group_id AND ge.stream IS NOT NULL);
     claimed := free[1 : (cardinality(free) + 1) / 2];
     LOOP
         walks := walks + 1;
         remaining := wanted - cardinality(leased);
         SELECT min(cursors[b + 1]) INTO lowest FROM unnest(claimed) AS b;
-        -- The claimed buckets' next events. The subquery's LIMIT keeps the bucket test out
-        -- of the walk of the log, and the outer LIMIT stops the walk once enough are found.
-        SELECT coalesce(array_agg(m.position ORDER BY m.position), '{}'),
-               coalesce(array_agg(m.stream ORDER BY m.position), '{}')
-        INTO found, streams
-        FROM (SELECT r.position, r.stream
+        -- The claimed buckets' next events, whole, in position order (as the walk yields
+        -- them). The subquery's LIMIT keeps the bucket test out of the walk of the log, and
+        -- the outer LIMIT stops the walk once enough are found.
+        SELECT coalesce(array_agg(m.position), '{}'),
+               coalesce(array_agg(ROW(m.position, m.stream, m.version, m.type, m.data,
+                                      m.metadata, m.id, m.recorded_at)::eventstore.recorded_event),
+                        '{}')
+        INTO found, found_events
+        FROM (SELECT r.*
               FROM eventstore._group_log(g, lowest, visible, scan_limit) AS r
               WHERE r.bucket = ANY (claimed) AND r.position > cursors[r.bucket + 1]
               LIMIT remaining) AS m;
@@ -1918,28 +1935,34 @@ BEGIN
                 CONTINUE;
             END IF;
             reached := CASE WHEN scanned = scan_limit THEN last_scanned ELSE visible - 1 END;
-            -- The free buckets that had nothing in what was read move on too.
-            moving := claimed || ARRAY(SELECT unnest(free) EXCEPT SELECT unnest(seen));
+            -- The free buckets that had nothing in what was read move on too: those whose
+            -- cursor is not behind where this walk began (after an earlier walk moved the
+            -- claimed ones on, a free bucket left behind has events this walk never read).
+            moving := claimed || ARRAY(SELECT b FROM unnest(free) AS b WHERE cursors[b + 1] >= lowest
+                                       EXCEPT SELECT unnest(seen));
         END IF;
 
         kept := found;
         IF any_held AND cardinality(found) > 0 THEN
             WITH candidates AS MATERIALIZED (
-                SELECT f.position, f.stream,
+                SELECT f AS event, f.position, f.stream,
                        EXISTS (SELECT FROM eventstore.group_events AS ge
                                WHERE ge.group_id = g.group_id AND ge.stream = f.stream) AS held
-                FROM unnest(found, streams) AS f(position, stream)
+                FROM unnest(found_events) AS f
             ),
             waiting AS (
                 INSERT INTO eventstore.group_events AS ge (group_id, position, stream)
                 SELECT g.group_id, c.position, c.stream FROM candidates AS c WHERE c.held
                 ON CONFLICT ON CONSTRAINT group_events_pkey DO NOTHING
             )
-            SELECT coalesce(array_agg(c.position ORDER BY c.position) FILTER (WHERE NOT c.held), '{}')
-            INTO kept
+            -- Read back in the order written: position order.
+            SELECT coalesce(array_agg(c.position) FILTER (WHERE NOT c.held), '{}'),
+                   coalesce(array_agg(c.event) FILTER (WHERE NOT c.held), '{}')
+            INTO kept, found_events
             FROM candidates AS c;
         END IF;
         leased := leased || kept;
+        leased_events := leased_events || found_events;
         SELECT array_agg(CASE WHEN (c.n - 1)::int = ANY (moving) THEN greatest(c.at, reached)
                               ELSE c.at END
                          ORDER BY c.n)
@@ -1951,6 +1974,13 @@ BEGIN
                OR (cardinality(found) < remaining AND scanned < scan_limit)
                OR walks >= 16;
     END LOOP;
+    IF walks = 1 THEN
+        RETURN QUERY SELECT * FROM unnest(leased_events);
+    ELSE
+        -- Buckets claimed in a later walk may have events before the first walk's.
+        leased := ARRAY(SELECT p FROM unnest(leased) AS p ORDER BY p);
+        RETURN QUERY SELECT * FROM unnest(leased_events) AS e ORDER BY e.position;
+    END IF;
     IF cardinality(leased) > 0 THEN
         PERFORM eventstore._insert_leases(g, who, lease, claimed, leased);
     END IF;
@@ -1959,7 +1989,6 @@ BEGIN
         position = m.lowest
     FROM (SELECT min(c) AS lowest, max(c) AS highest FROM unnest(cursors) AS c) AS m
     WHERE s.group_id = g.group_id;
-    RETURN leased;
 END
 $$;
 
@@ -2000,17 +2029,26 @@ BEGIN
            coalesce(array_agg(r.attempt ORDER BY r.position), '{}')
     INTO taken, attempts
     FROM eventstore._lease_rows(g, who, lease, moment, wanted) AS r;
-    IF NOT g.ordered_by_stream AND cardinality(taken) = 0 THEN
+    IF cardinality(taken) = 0 THEN
         -- The common case: new events of the log, read and leased in one walk.
-        RETURN QUERY
-        SELECT f.position, f.stream, f.version, f.type, f.data, f.metadata, f.id, f.recorded_at, 1
-        FROM eventstore._lease_range(g, who, lease, eventstore._visible_below(), wanted) AS f;
+        IF g.ordered_by_stream THEN
+            RETURN QUERY
+            SELECT f.position, f.stream, f.version, f.type, f.data, f.metadata, f.id,
+                   f.recorded_at, 1
+            FROM eventstore._lease_streams(g, who, lease, eventstore._visible_below(), wanted) AS f;
+        ELSE
+            RETURN QUERY
+            SELECT f.position, f.stream, f.version, f.type, f.data, f.metadata, f.id,
+                   f.recorded_at, 1
+            FROM eventstore._lease_range(g, who, lease, eventstore._visible_below(), wanted) AS f;
+        END IF;
         RETURN;
     END IF;
     IF cardinality(taken) < wanted THEN
         IF g.ordered_by_stream THEN
-            fresh := eventstore._lease_streams(g, who, lease, eventstore._visible_below(),
-                                               wanted - cardinality(taken));
+            fresh := ARRAY(SELECT f.position
+                           FROM eventstore._lease_streams(g, who, lease, eventstore._visible_below(),
+                                                          wanted - cardinality(taken)) AS f);
         ELSE
             fresh := ARRAY(SELECT f.position
                            FROM eventstore._lease_range(g, who, lease, eventstore._visible_below(),
