@@ -1035,7 +1035,7 @@ async fn an_ordered_fetch_that_walks_on_past_a_held_stream_skips_no_other_stream
     append(held.clone()).await;
     db.settled().await;
     let first = take(1).await;
-    assert_eq!(streams_of(&first), [held.clone()]);
+    assert_eq!(streams_of(&first), [held.as_str()]);
     let n: i32 = sqlx::query_scalar("SELECT eventstore.nack('walks', 'c', $1, '1 hour', 'later')")
         .bind(vec![first[0].0])
         .fetch_one(pool)
@@ -1046,7 +1046,7 @@ async fn an_ordered_fetch_that_walks_on_past_a_held_stream_skips_no_other_stream
     append(high.clone()).await;
     db.settled().await;
     let second = take(1).await;
-    assert_eq!(streams_of(&second), [high.clone()]);
+    assert_eq!(streams_of(&second), [high.as_str()]);
     ack(vec![second[0].0]).await;
 
     // Then: an event of the high stream, two of the held one, one of the low one. The next
@@ -1058,12 +1058,12 @@ async fn an_ordered_fetch_that_walks_on_past_a_held_stream_skips_no_other_stream
     append(low.clone()).await;
     db.settled().await;
     let third = take(2).await;
-    assert_eq!(streams_of(&third), [low.clone()]);
+    assert_eq!(streams_of(&third), [low.as_str()]);
     ack(third.iter().map(|(p, _)| *p).collect()).await;
 
     // The high stream's second event is still delivered.
     let fourth = take(10).await;
-    assert_eq!(streams_of(&fourth), [high.clone()]);
+    assert_eq!(streams_of(&fourth), [high.as_str()]);
     ack(fourth.iter().map(|(p, _)| *p).collect()).await;
     assert!(take(10).await.is_empty());
     // Waiting: the nacked event and the two behind it.
