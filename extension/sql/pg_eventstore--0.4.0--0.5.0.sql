@@ -457,11 +457,16 @@ BEGIN
     END IF;
     PERFORM eventstore._expire_leases(g, moment);
     -- Rows first: retries are older than anything after the cursor, and in an ordered group
-    -- a held stream's rows come before its newer events.
-    SELECT coalesce(array_agg(r.position ORDER BY r.position), '{}'),
-           coalesce(array_agg(r.attempt ORDER BY r.position), '{}')
-    INTO taken, attempts
-    FROM eventstore._lease_rows(g, who, lease, moment, wanted) AS r;
+    -- a held stream's rows come before its newer events. Most fetches find none.
+    IF EXISTS (SELECT FROM eventstore.group_events AS ge WHERE ge.group_id = g.group_id) THEN
+        SELECT coalesce(array_agg(r.position ORDER BY r.position), '{}'),
+               coalesce(array_agg(r.attempt ORDER BY r.position), '{}')
+        INTO taken, attempts
+        FROM eventstore._lease_rows(g, who, lease, moment, wanted) AS r;
+    ELSE
+        taken := '{}';
+        attempts := '{}';
+    END IF;
     IF cardinality(taken) = 0 THEN
         -- The common case: new events of the log, read and leased in one walk.
         IF g.ordered_by_stream THEN
