@@ -44,8 +44,7 @@ impl EventStore {
     /// (`synchronous_commit = off` for that transaction alone). A fetch lost in a server
     /// crash loses only its leases, and those events are delivered again, as they would be
     /// after the lease ran out; the acks stay durable. The group's row stays locked until
-    /// the fetch commits, so not waiting for the flush there lets the next consumer's fetch
-    /// start a flush sooner.
+    /// the fetch commits, so the next consumer's fetch no longer waits for that flush too.
     pub(crate) async fn fetch_unflushed(
         &self,
         group: &str,
