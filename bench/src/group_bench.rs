@@ -1,13 +1,17 @@
 //! Persistent subscription groups: events/s through a group with 1, 2 and 4 workers of the
 //! client's `GroupConsumer` and a handler that does nothing (fetch, lease, ack per batch),
 //! unordered and ordered by stream, against reading the same events through `read_all` in
-//! the same run.
+//! the same run; and the delivery latency of an idle group beside a subscription's.
 
 use std::time::{Duration, Instant};
 
-use pg_eventstore_client::{ConsumerOptions, EventStore, GroupSettings};
+use futures_util::StreamExt;
+use pg_eventstore_client::{
+    ConsumerOptions, EventData, EventStore, ExpectedVersion, GroupSettings, SubscriptionOptions,
+};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 const DATABASE: &str = "bench_group";
 const BATCH: u32 = 500;
@@ -102,6 +106,103 @@ async fn through_group(
     rate
 }
 
+/// Waits until `position` arrives on `arrivals`; returns when it did.
+async fn arrival(arrivals: &mut UnboundedReceiver<(u64, Instant)>, position: u64) -> Instant {
+    loop {
+        let (arrived, at) = tokio::time::timeout(Duration::from_secs(60), arrivals.recv())
+            .await
+            .expect("the probe is delivered within a minute")
+            .expect("the handler is running");
+        if arrived == position {
+            return at;
+        }
+    }
+}
+
+/// Delivery latency with nothing to catch up on: one event appended at a time while the 4
+/// workers of an unordered group and a subscription to all wait for it, from the append's
+/// return to each one's handler. The subscription is the baseline measured beside it.
+async fn latency(store: &EventStore, probes: usize) {
+    let head = store.head_position().await.expect("head");
+    let name = "bench-latency";
+    store
+        .create_group(name, &GroupSettings::default().from_position(head))
+        .await
+        .expect("create group");
+    let (group_tx, mut group_rx) = unbounded_channel::<(u64, Instant)>();
+    let consumer = store.group_consumer(
+        name,
+        ConsumerOptions::default()
+            .name(name)
+            .workers(4)
+            .batch_size(BATCH),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(consumer.run(
+        move |event| {
+            let group_tx = group_tx.clone();
+            async move {
+                let _ = group_tx.send((event.event.position, Instant::now()));
+                Ok(())
+            }
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let (subscription_tx, mut subscription_rx) = unbounded_channel::<(u64, Instant)>();
+    let mut subscription = store.subscribe_to_all(SubscriptionOptions::default().after(head));
+    let subscriber = tokio::spawn(async move {
+        while let Some(event) = subscription.next().await {
+            let event = event.expect("subscription");
+            if subscription_tx
+                .send((event.position, Instant::now()))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let (mut by_group, mut by_subscription) = (Vec::new(), Vec::new());
+    // The first probes only warm both up (connections, listeners).
+    for probe in 0..probes + 10 {
+        let appended = store
+            .append(
+                "latency-probe",
+                ExpectedVersion::Any,
+                [EventData::json("probe", serde_json::json!({ "n": probe }))],
+            )
+            .await
+            .expect("append a probe");
+        let returned = Instant::now();
+        let position = appended.last_position;
+        let to_group = arrival(&mut group_rx, position).await - returned;
+        let to_subscription = arrival(&mut subscription_rx, position).await - returned;
+        if probe >= 10 {
+            by_group.push(to_group);
+            by_subscription.push(to_subscription);
+        }
+    }
+    let _ = stop.send(());
+    running.await.expect("consumer task").expect("consumer");
+    subscriber.abort();
+    store.delete_group(name).await.expect("delete group");
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    for (label, mut latencies) in [
+        ("group, 4 idle workers", by_group),
+        ("subscription to all (baseline)", by_subscription),
+    ] {
+        latencies.sort_unstable();
+        let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "  delivery latency, {label}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({probes} probes)",
+            ms(at(0.5)),
+            ms(at(0.99)),
+            ms(latencies[latencies.len() - 1]),
+        );
+    }
+}
+
 /// Each figure is the median of this many runs (these machines are noisy).
 const ROUNDS: usize = 3;
 
@@ -180,5 +281,6 @@ pub async fn run(admin: &PgPool, options: &PgConnectOptions, total: u64) -> bool
         };
         println!("  {label:<32} {rate:>12.0} {ratio:>16.2}{verdict}");
     }
+    latency(&store, 200).await;
     met
 }
