@@ -3,11 +3,13 @@
 //! failing events, and the shop's business rules.
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use pg_eventstore_client::projection::{
-    self, ApplyError, Daemon, DaemonOptions, Projection, ReplayUntil,
+    self, ApplyError, Daemon, DaemonOptions, Projection, ProjectionState, ReplayUntil,
 };
 use pg_eventstore_client::{EventData, EventStore, ExpectedVersion, RecordedEvent};
 use pg_eventstore_shop::{ShopProjection, EVENT_TYPES as SHOP_EVENT_TYPES};
@@ -260,14 +262,16 @@ async fn a_daemon_killed_at_random_moments_leaves_what_a_rebuild_builds() {
             .await;
         }
         // Every other round the kill lands at a random point in time, wherever the daemon
-        // is; the others hold it mid-batch, after a random number of committed batches.
+        // is (folding pages in memory, or writing them); the others hold it mid-batch, after
+        // a random number of committed batches, writing after every batch.
         let gated = round % 2 == 0;
         let gate = if gated {
             Some(Gate::close(&db).await)
         } else {
             None
         };
-        let mut child = daemon(&db, &["--batch-size", "25"]);
+        let write_every = if gated { "0" } else { "0.2" };
+        let mut child = daemon(&db, &["--batch-size", "25", "--write-every", write_every]);
         if let Some(mut gate) = gate {
             for _ in 0..rng.gen_range(0..6) {
                 Gate::daemon_waits(&db.pool).await;
@@ -410,6 +414,86 @@ async fn of_two_daemons_one_runs_the_projection_and_the_other_takes_over_when_it
     replay_through(&store, "rebuilt", at.position).await;
     let (users, _) = assert_same_tables(&db.pool, "shop", "rebuilt").await;
     assert_eq!(users, 300);
+    db.drop_database().await;
+}
+
+/// The shop projection, counting the states runners take from it.
+struct CountedShop(Arc<AtomicUsize>);
+
+impl Projection for CountedShop {
+    fn name(&self) -> &str {
+        ShopProjection.name()
+    }
+
+    fn event_types(&self) -> Vec<String> {
+        ShopProjection.event_types()
+    }
+
+    fn schema(&self) -> &str {
+        ShopProjection.schema()
+    }
+
+    fn tables(&self) -> Vec<String> {
+        ShopProjection.tables()
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, Result<(), ApplyError>> {
+        ShopProjection.apply(tx, schema, events)
+    }
+
+    fn state(&self) -> Option<Box<dyn ProjectionState>> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        ShopProjection.state()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_folds_many_batches_in_memory_builds_what_a_replay_builds() {
+    let (db, store) = migrated(4).await;
+    generate(&db, &["--users", "200", "--orders", "1500", "--seed", "3"]).await;
+    let states = Arc::new(AtomicUsize::new(0));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // Small pages, a state of at most 300 rows, and no timed writes: the catch-up folds
+    // pages until the state is full, writes it, forgets it, and reads rows back from the
+    // tables for the next state.
+    let options = DaemonOptions::default()
+        .batch_size(40)
+        .state_rows(300)
+        .write_every(Duration::from_secs(3600));
+    let daemon = tokio::spawn(
+        Daemon::new(store.clone(), options)
+            .with(CountedShop(states.clone()))
+            .run(async {
+                let _ = stopped.await;
+            }),
+    );
+    caught_up(&db.pool).await;
+    // Then live, one state per batch.
+    generate(
+        &db,
+        &["--users", "10", "--orders", "100", "--prefix", "live-"],
+    )
+    .await;
+    caught_up(&db.pool).await;
+    stop.send(()).unwrap();
+    daemon.await.unwrap().unwrap();
+    let at = checkpoint(&db.pool, "shop").await;
+    assert_eq!(at.applied, shop_events_through(&db.pool, at.position).await);
+    replay_through(&store, "rebuilt", at.position).await;
+    let (users, orders) = assert_same_tables(&db.pool, "shop", "rebuilt").await;
+    assert_eq!(users, 210);
+    let held = 300;
+    let taken = states.load(Ordering::SeqCst) as i64;
+    assert!(
+        taken > (users + orders) / held,
+        "{} rows through states of at most {held} take more than {taken} of them",
+        users + orders
+    );
     db.drop_database().await;
 }
 

@@ -103,9 +103,14 @@ pub struct RunArgs {
     /// Run only these projections (default: all of this binary's).
     #[arg(long = "projection", value_name = "NAME")]
     projections: Vec<String>,
-    /// Events applied per transaction while catching up.
+    /// Events read per round trip while catching up (for a projection that folds its rows
+    /// in memory, as the shop's does; otherwise also the events applied per transaction).
     #[arg(long, default_value_t = 5000)]
     batch_size: u32,
+    /// Seconds a catching-up daemon folds events in memory before it writes them and the
+    /// checkpoint in one transaction; 0 writes after every batch.
+    #[arg(long, default_value_t = 5.0)]
+    write_every: f64,
     /// Seconds between attempts to take over a projection another daemon runs.
     #[arg(long, default_value_t = 2.0)]
     takeover_interval: f64,
@@ -456,6 +461,7 @@ impl App {
         }
         let mut options = DaemonOptions::default()
             .batch_size(args.batch_size)
+            .write_every(seconds(args.write_every, "--write-every")?)
             .takeover_interval(seconds(args.takeover_interval, "--takeover-interval")?)
             .poll_interval(seconds(args.poll_interval, "--poll-interval")?)
             .retry_interval(seconds(args.retry_interval, "--retry-interval")?);

@@ -1,16 +1,20 @@
 //! [`ShopProjection`]: `shop.users`, `shop.orders` and `shop.anomalies`, in one projection
 //! so both tables move together.
 //!
-//! A batch is applied in a handful of statements whatever its size: the rows it touches are
-//! loaded into a [`Shop`], the events are applied to it with the business rules (in global
+//! Events are folded into a [`ShopState`]: the rows they touch are loaded (unless held
+//! already), the events are applied to them in memory with the business rules (in global
 //! order), and the changed rows are written back with one `INSERT ... SELECT FROM
-//! unnest(...)` or `UPDATE ... FROM unnest(...)` per table.
+//! unnest(...)` or `UPDATE ... FROM unnest(...)` per table. A batch is one fold and one
+//! write; a daemon that is catching up folds many pages into one state and writes it once
+//! in a while, so a row that many events change is written once per write.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
-use pg_eventstore_client::projection::{quote_ident, ApplyError, Projection};
+use pg_eventstore_client::projection::{
+    quote_ident, ApplyError, Projection, ProjectionState, Stored,
+};
 use pg_eventstore_client::RecordedEvent;
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, Row};
@@ -45,175 +49,259 @@ impl Projection for ShopProjection {
         schema: &'a str,
         events: &'a [RecordedEvent],
     ) -> BoxFuture<'a, Result<(), ApplyError>> {
-        Box::pin(apply(tx, schema, events))
+        Box::pin(async move {
+            let mut state = ShopState::default();
+            state
+                .fold_events(Stored::In(&mut *tx), schema, events)
+                .await?;
+            state.write_rows(tx, schema).await
+        })
+    }
+
+    fn state(&self) -> Option<Box<dyn ProjectionState>> {
+        Some(Box::<ShopState>::default())
     }
 }
 
 /// An event the rules did not apply, and why.
-struct Anomaly<'e> {
-    event: &'e RecordedEvent,
+struct Anomaly {
+    position: i64,
+    stream: String,
+    version: i64,
+    event_type: String,
     reason: String,
+    recorded_at: DateTime<Utc>,
 }
 
-/// A batch in memory: the rows it touches, which of them exist, and what changed.
+impl Anomaly {
+    fn of(event: &RecordedEvent, reason: String) -> Result<Anomaly, ApplyError> {
+        Ok(Anomaly {
+            position: i64::try_from(event.position)?,
+            stream: event.stream.clone(),
+            version: i64::try_from(event.version)?,
+            event_type: event.event_type.clone(),
+            reason,
+            recorded_at: event.recorded_at,
+        })
+    }
+}
+
+/// Rows in memory: those events touched, which of them are stored, and what changed since
+/// the last write.
 #[derive(Default)]
-struct Batch<'e> {
+pub struct ShopState {
     shop: Shop,
     stored_users: HashSet<String>,
     stored_orders: HashSet<String>,
     dirty_users: HashSet<String>,
     dirty_orders: HashSet<String>,
-    /// The items of the orders placed in this batch, as JSON (the others keep theirs).
+    /// The items of the orders placed since the last write, as JSON (the others keep theirs).
     items: HashMap<String, String>,
-    anomalies: Vec<Anomaly<'e>>,
+    anomalies: Vec<Anomaly>,
 }
 
-async fn apply(
-    tx: &mut PgConnection,
-    schema: &str,
-    events: &[RecordedEvent],
-) -> Result<(), ApplyError> {
-    let schema = quote_ident(schema);
-    let mut batch = Batch::default();
-    let mut changes = Vec::with_capacity(events.len());
-    let mut order_ids = HashSet::new();
-    let mut usernames = HashSet::new();
-    for event in events {
-        match ShopEvent::decode(event) {
-            Ok(change) => {
-                match &change {
-                    ShopEvent::UserCreated(username, _)
-                    | ShopEvent::UserRenamed(username, _)
-                    | ShopEvent::UserDeactivated(username) => {
+impl ProjectionState for ShopState {
+    fn fold<'a>(
+        &'a mut self,
+        stored: Stored<'a>,
+        schema: &'a str,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, Result<(), ApplyError>> {
+        Box::pin(self.fold_events(stored, schema, events))
+    }
+
+    fn rows(&self) -> usize {
+        self.shop.users.len() + self.shop.orders.len()
+    }
+
+    fn changed(&self) -> usize {
+        self.dirty_users.len() + self.dirty_orders.len() + self.anomalies.len()
+    }
+
+    fn write<'a>(
+        &'a mut self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<(), ApplyError>> {
+        Box::pin(self.write_rows(tx, schema))
+    }
+}
+
+impl ShopState {
+    async fn fold_events(
+        &mut self,
+        stored: Stored<'_>,
+        schema: &str,
+        events: &[RecordedEvent],
+    ) -> Result<(), ApplyError> {
+        let mut changes = Vec::with_capacity(events.len());
+        let mut order_ids = HashSet::default();
+        let mut usernames = HashSet::default();
+        for event in events {
+            match ShopEvent::decode(event) {
+                Ok(change) => {
+                    let (user, order) = match &change {
+                        ShopEvent::UserCreated(username, _)
+                        | ShopEvent::UserRenamed(username, _)
+                        | ShopEvent::UserDeactivated(username) => (Some(username), None),
+                        ShopEvent::OrderPlaced(order_id, placed) => {
+                            (Some(&placed.username), Some(order_id))
+                        }
+                        ShopEvent::OrderPaid(order_id, _)
+                        | ShopEvent::OrderShipped(order_id, _)
+                        | ShopEvent::OrderCancelled(order_id, _) => (None, Some(order_id)),
+                    };
+                    if let Some(order_id) = order {
+                        match self.shop.orders.get(order_id) {
+                            // The owner of an order held is needed too (held since, or
+                            // missing from the tables).
+                            Some(held) if !self.shop.users.contains_key(&held.username) => {
+                                usernames.insert(held.username.clone());
+                            }
+                            Some(_) => {}
+                            None => {
+                                order_ids.insert(order_id.clone());
+                            }
+                        }
+                    }
+                    if let Some(username) = user.filter(|u| !self.shop.users.contains_key(*u)) {
                         usernames.insert(username.clone());
                     }
-                    ShopEvent::OrderPlaced(order_id, placed) => {
-                        order_ids.insert(order_id.clone());
-                        usernames.insert(placed.username.clone());
-                    }
-                    ShopEvent::OrderPaid(order_id, _)
-                    | ShopEvent::OrderShipped(order_id, _)
-                    | ShopEvent::OrderCancelled(order_id, _) => {
-                        order_ids.insert(order_id.clone());
-                    }
+                    changes.push((event, change));
                 }
-                changes.push((event, change));
-            }
-            Err(NotShopEvent::Outside(reason)) => batch.anomalies.push(Anomaly { event, reason }),
-            Err(NotShopEvent::Malformed(reason)) => return Err(reason.into()),
-        }
-    }
-    load_orders(tx, &schema, order_ids, &mut batch).await?;
-    usernames.extend(
-        batch
-            .shop
-            .orders
-            .values()
-            .map(|order| order.username.clone()),
-    );
-    load_users(tx, &schema, usernames, &mut batch).await?;
-    for (event, change) in changes {
-        let version = i64::try_from(event.version)?;
-        match batch.shop.apply(&change, event.recorded_at, version) {
-            Ok(touched) => {
-                if let ShopEvent::OrderPlaced(order_id, placed) = &change {
-                    batch
-                        .items
-                        .insert(order_id.clone(), serde_json::to_string(&placed.items)?);
+                Err(NotShopEvent::Outside(reason)) => {
+                    self.anomalies.push(Anomaly::of(event, reason)?);
                 }
-                batch.dirty_users.extend(touched.user);
-                batch.dirty_orders.extend(touched.order);
+                Err(NotShopEvent::Malformed(reason)) => return Err(reason.into()),
             }
-            Err(reason) => batch.anomalies.push(Anomaly { event, reason }),
         }
+        if let Stored::In(connection) = stored {
+            let owners = self.load_orders(connection, schema, order_ids).await?;
+            usernames.extend(
+                owners
+                    .into_iter()
+                    .filter(|owner| !self.shop.users.contains_key(owner)),
+            );
+            self.load_users(connection, schema, usernames).await?;
+        }
+        for (event, change) in changes {
+            let version = i64::try_from(event.version)?;
+            match self.shop.apply(&change, event.recorded_at, version) {
+                Ok(touched) => {
+                    if let ShopEvent::OrderPlaced(order_id, placed) = &change {
+                        self.items
+                            .insert(order_id.clone(), serde_json::to_string(&placed.items)?);
+                    }
+                    self.dirty_users.extend(touched.user);
+                    self.dirty_orders.extend(touched.order);
+                }
+                Err(reason) => self.anomalies.push(Anomaly::of(event, reason)?),
+            }
+        }
+        Ok(())
     }
-    write_users(tx, &schema, &batch).await?;
-    write_orders(tx, &schema, &batch).await?;
-    write_anomalies(tx, &schema, &batch).await?;
-    Ok(())
+
+    async fn write_rows(&mut self, tx: &mut PgConnection, schema: &str) -> Result<(), ApplyError> {
+        let schema = quote_ident(schema);
+        write_users(tx, &schema, self).await?;
+        write_orders(tx, &schema, self).await?;
+        write_anomalies(tx, &schema, &self.anomalies).await?;
+        self.stored_users.extend(self.dirty_users.drain());
+        self.stored_orders.extend(self.dirty_orders.drain());
+        self.items.clear();
+        self.anomalies.clear();
+        Ok(())
+    }
 }
 
 fn money(value: Option<Decimal>) -> Option<Money> {
     value.map(Money)
 }
 
-async fn load_orders(
-    tx: &mut PgConnection,
-    schema: &str,
-    ids: HashSet<String>,
-    batch: &mut Batch<'_>,
-) -> Result<(), ApplyError> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<String> = ids.into_iter().collect();
-    let rows = sqlx::query(&format!(
-        "SELECT order_id, username, status, item_count, total, currency, placed_at, paid_at, \
+impl ShopState {
+    /// Loads the orders of `ids` that exist; returns their owners.
+    async fn load_orders(
+        &mut self,
+        tx: &mut PgConnection,
+        schema: &str,
+        ids: HashSet<String>,
+    ) -> Result<Vec<String>, ApplyError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let schema = quote_ident(schema);
+        let ids: Vec<String> = ids.into_iter().collect();
+        let rows = sqlx::query(&format!(
+            "SELECT order_id, username, status, item_count, total, currency, placed_at, paid_at, \
                 shipped_at, cancelled_at, version, amount_paid, payment_method, carrier, \
                 tracking_number, cancel_reason \
          FROM {schema}.orders WHERE order_id = ANY($1)"
-    ))
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?;
-    for row in rows {
-        let status: String = row.try_get("status")?;
-        let order_id: String = row.try_get("order_id")?;
-        let order = Order {
-            username: row.try_get("username")?,
-            status: OrderStatus::parse(&status)
-                .ok_or_else(|| format!("shop.orders holds an unknown status {status:?}"))?,
-            item_count: row.try_get("item_count")?,
-            total: Money(row.try_get("total")?),
-            currency: row.try_get("currency")?,
-            placed_at: row.try_get("placed_at")?,
-            paid_at: row.try_get("paid_at")?,
-            shipped_at: row.try_get("shipped_at")?,
-            cancelled_at: row.try_get("cancelled_at")?,
-            version: row.try_get("version")?,
-            amount_paid: money(row.try_get("amount_paid")?),
-            payment_method: row.try_get("payment_method")?,
-            carrier: row.try_get("carrier")?,
-            tracking_number: row.try_get("tracking_number")?,
-            cancel_reason: row.try_get("cancel_reason")?,
-        };
-        batch.stored_orders.insert(order_id.clone());
-        batch.shop.orders.insert(order_id, order);
+        ))
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut owners = Vec::with_capacity(rows.len());
+        for row in rows {
+            let status: String = row.try_get("status")?;
+            let order_id: String = row.try_get("order_id")?;
+            let order = Order {
+                username: row.try_get("username")?,
+                status: OrderStatus::parse(&status)
+                    .ok_or_else(|| format!("shop.orders holds an unknown status {status:?}"))?,
+                item_count: row.try_get("item_count")?,
+                total: Money(row.try_get("total")?),
+                currency: row.try_get("currency")?,
+                placed_at: row.try_get("placed_at")?,
+                paid_at: row.try_get("paid_at")?,
+                shipped_at: row.try_get("shipped_at")?,
+                cancelled_at: row.try_get("cancelled_at")?,
+                version: row.try_get("version")?,
+                amount_paid: money(row.try_get("amount_paid")?),
+                payment_method: row.try_get("payment_method")?,
+                carrier: row.try_get("carrier")?,
+                tracking_number: row.try_get("tracking_number")?,
+                cancel_reason: row.try_get("cancel_reason")?,
+            };
+            owners.push(order.username.clone());
+            self.stored_orders.insert(order_id.clone());
+            self.shop.orders.insert(order_id, order);
+        }
+        Ok(owners)
     }
-    Ok(())
-}
 
-async fn load_users(
-    tx: &mut PgConnection,
-    schema: &str,
-    usernames: HashSet<String>,
-    batch: &mut Batch<'_>,
-) -> Result<(), ApplyError> {
-    if usernames.is_empty() {
-        return Ok(());
-    }
-    let usernames: Vec<String> = usernames.into_iter().collect();
-    let rows = sqlx::query(&format!(
-        "SELECT username, full_name, active, created_at, updated_at, order_count, total_spent \
+    async fn load_users(
+        &mut self,
+        tx: &mut PgConnection,
+        schema: &str,
+        usernames: HashSet<String>,
+    ) -> Result<(), ApplyError> {
+        if usernames.is_empty() {
+            return Ok(());
+        }
+        let schema = quote_ident(schema);
+        let usernames: Vec<String> = usernames.into_iter().collect();
+        let rows = sqlx::query(&format!(
+            "SELECT username, full_name, active, created_at, updated_at, order_count, total_spent \
          FROM {schema}.users WHERE username = ANY($1)"
-    ))
-    .bind(&usernames)
-    .fetch_all(&mut *tx)
-    .await?;
-    for row in rows {
-        let username: String = row.try_get("username")?;
-        let user = User {
-            full_name: row.try_get("full_name")?,
-            active: row.try_get("active")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-            order_count: row.try_get("order_count")?,
-            total_spent: Money(row.try_get("total_spent")?),
-        };
-        batch.stored_users.insert(username.clone());
-        batch.shop.users.insert(username, user);
+        ))
+        .bind(&usernames)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in rows {
+            let username: String = row.try_get("username")?;
+            let user = User {
+                full_name: row.try_get("full_name")?,
+                active: row.try_get("active")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+                order_count: row.try_get("order_count")?,
+                total_spent: Money(row.try_get("total_spent")?),
+            };
+            self.stored_users.insert(username.clone());
+            self.shop.users.insert(username, user);
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Changed users as columns, for `unnest`.
@@ -243,7 +331,7 @@ impl UserColumns {
 async fn write_users(
     tx: &mut PgConnection,
     schema: &str,
-    batch: &Batch<'_>,
+    batch: &ShopState,
 ) -> Result<(), ApplyError> {
     let mut new = UserColumns::default();
     let mut changed = UserColumns::default();
@@ -341,7 +429,7 @@ impl OrderColumns {
 async fn write_orders(
     tx: &mut PgConnection,
     schema: &str,
-    batch: &Batch<'_>,
+    batch: &ShopState,
 ) -> Result<(), ApplyError> {
     let mut new = OrderColumns::default();
     let mut changed = OrderColumns::default();
@@ -425,9 +513,9 @@ async fn write_orders(
 async fn write_anomalies(
     tx: &mut PgConnection,
     schema: &str,
-    batch: &Batch<'_>,
+    anomalies: &[Anomaly],
 ) -> Result<(), ApplyError> {
-    if batch.anomalies.is_empty() {
+    if anomalies.is_empty() {
         return Ok(());
     }
     let mut position = Vec::new();
@@ -436,13 +524,13 @@ async fn write_anomalies(
     let mut event_type = Vec::new();
     let mut reason = Vec::new();
     let mut recorded_at = Vec::new();
-    for anomaly in &batch.anomalies {
-        position.push(i64::try_from(anomaly.event.position)?);
-        stream.push(anomaly.event.stream.as_str());
-        version.push(i64::try_from(anomaly.event.version)?);
-        event_type.push(anomaly.event.event_type.as_str());
+    for anomaly in anomalies {
+        position.push(anomaly.position);
+        stream.push(anomaly.stream.as_str());
+        version.push(anomaly.version);
+        event_type.push(anomaly.event_type.as_str());
         reason.push(anomaly.reason.as_str());
-        recorded_at.push(anomaly.event.recorded_at);
+        recorded_at.push(anomaly.recorded_at);
     }
     sqlx::query(&format!(
         "INSERT INTO {schema}.anomalies (position, stream, version, type, reason, recorded_at) \

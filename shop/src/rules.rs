@@ -15,7 +15,7 @@
 //! - `order_count` is the number of the user's orders that are not cancelled; `total_spent`
 //!   the sum of the amounts paid on them.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};

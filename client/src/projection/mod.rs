@@ -60,6 +60,60 @@ pub trait Projection: Send + Sync + 'static {
         schema: &'a str,
         events: &'a [RecordedEvent],
     ) -> BoxFuture<'a, std::result::Result<(), ApplyError>>;
+
+    /// Optional: the projection's rows held in memory across batches, so that a runner that
+    /// is catching up (a daemon behind the log, a rebuild) folds many pages of events into
+    /// them and writes each changed row once per write instead of once per batch. `None`
+    /// (the default): every batch goes through [`Projection::apply`].
+    ///
+    /// Folding must have the same effect as applying: after folding events and writing,
+    /// the tables must be what [`Projection::apply`] of the same events would have made.
+    fn state(&self) -> Option<Box<dyn ProjectionState>> {
+        None
+    }
+}
+
+/// Where a [`ProjectionState`] finds the rows it does not hold.
+pub enum Stored<'a> {
+    /// In the tables, read through this connection (outside any transaction: only the
+    /// projection's runner writes them, and all it wrote is committed).
+    In(&'a mut PgConnection),
+    /// Nowhere: the tables hold no row that the state does not hold (a rebuild emptied them
+    /// and the state has held every row written since).
+    Held,
+}
+
+/// A projection's rows in memory, kept across batches by a runner that is catching up: see
+/// [`Projection::state`].
+///
+/// The runner folds pages of events into it, then writes it, together with the checkpoint,
+/// in one transaction; a failure at any point discards the state, and the events since the
+/// last write are applied again through [`Projection::apply`], which also finds the event
+/// that fails. So the state never needs to undo anything.
+pub trait ProjectionState: Send {
+    /// Applies `events` (in global order) to the rows held, reading the rows it needs and
+    /// does not hold from `stored`. Writes nothing.
+    fn fold<'a>(
+        &'a mut self,
+        stored: Stored<'a>,
+        schema: &'a str,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, std::result::Result<(), ApplyError>>;
+
+    /// Rows held, changed or not. A runner writes and then forgets them all once this
+    /// passes its limit ([`crate::projection::DaemonOptions::state_rows`]).
+    fn rows(&self) -> usize;
+
+    /// Rows changed since the last write.
+    fn changed(&self) -> usize;
+
+    /// Writes the rows changed since the last write to the tables in `schema` within `tx`;
+    /// afterwards they count as stored and unchanged.
+    fn write<'a>(
+        &'a mut self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+    ) -> BoxFuture<'a, std::result::Result<(), ApplyError>>;
 }
 
 /// The event a projection is stopped at, and why.

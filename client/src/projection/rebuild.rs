@@ -7,6 +7,7 @@ use sqlx::{Connection, PgConnection, Row};
 
 use super::batch::{apply_or_locate, Applied, Attempt, BatchTarget};
 use super::runner::{runner_connection, try_lock, Runner, Step};
+use super::DaemonOptions;
 use super::{ensure_checkpoint, failure_of, quote_ident, to_i64, to_u64, ApplyError, Projection};
 use crate::read::{check_page_size, read_all_with_head};
 use crate::{Error, EventStore, RecordedEvent, Result};
@@ -54,14 +55,15 @@ pub async fn rebuild(
         position: 0,
     });
     let done = if owner {
-        let mut done = 0;
-        let mut runner = Runner::start(&mut connection, projection, batch_size).await?;
+        let options = DaemonOptions::default().batch_size(batch_size);
+        let mut runner =
+            Runner::start(&mut connection, store.pool().clone(), projection, &options).await?;
+        // The reset just emptied the tables, and this session holds the lock: a state
+        // folded from here holds every row there is.
+        runner.emptied = true;
         loop {
             match runner.step(Some(target)).await? {
-                Step::Applied { count, .. } => done += count as u64,
-                Step::Idle => break,
-                // Another rebuild reset it meanwhile: start over with it.
-                Step::Moved => done = 0,
+                Step::Applied { .. } | Step::Idle | Step::Moved => {}
                 Step::Failed(failure) => return Err(Error::Projection(failure)),
                 Step::Retry(error) => {
                     tracing::warn!(projection = %name, %error, "batch failed for a transient reason; retrying");
@@ -69,7 +71,7 @@ pub async fn rebuild(
                 }
             }
             progress(Progress {
-                done,
+                done: runner.applied + runner.pending(),
                 total,
                 position: runner.stored,
             });
@@ -77,7 +79,7 @@ pub async fn rebuild(
                 break;
             }
         }
-        done
+        runner.applied
     } else {
         loop {
             tokio::time::sleep(WATCH_EVERY).await;

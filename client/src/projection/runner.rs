@@ -5,11 +5,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::{ConnectOptions, Connection, PgConnection};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::batch::{apply_or_locate, Applied, Attempt, BatchTarget};
-use super::{ensure_checkpoint, to_i64, ApplyError, Projection, ProjectionFailure, LOCK_KEY_SQL};
+use super::{
+    ensure_checkpoint, to_i64, transient, ApplyError, Projection, ProjectionFailure,
+    ProjectionState, Stored, LOCK_KEY_SQL,
+};
 use crate::read::{check_page_size, read_all_with_head};
 use crate::retry::{sleep_or_stop, wait_for_events, Backoff};
 use crate::subscription::Hint;
@@ -18,15 +22,25 @@ use crate::{Error, EventStore, RecordedEvent, Result};
 /// How often a runner with nothing to apply still writes its checkpoint forward over events
 /// of other types, so a restart does not scan them again.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// The changed rows that make a catching-up runner write at once. A write is one
+/// transaction, and while it runs it holds back every reader of the global log in the
+/// cluster (events after its transaction id are not readable until it ends), so it must
+/// stay short: about two seconds for 100,000 rows here.
+const WRITE_ROWS: usize = 100_000;
 /// Longest wait between retries of an event that fails.
 const LAST_FAILURE_RETRY: Duration = Duration::from_secs(60);
 /// How often a catching-up runner logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
+/// The default of [`DaemonOptions::state_rows`].
+const STATE_ROWS: usize = 250_000;
+
 /// How a [`Daemon`] runs its projections.
 #[derive(Clone, Debug)]
 pub struct DaemonOptions {
     pub(crate) batch_size: u32,
+    pub(crate) state_rows: usize,
+    pub(crate) write_every: Duration,
     pub(crate) takeover_interval: Duration,
     pub(crate) poll_interval: Duration,
     pub(crate) retry_interval: Duration,
@@ -37,6 +51,8 @@ impl Default for DaemonOptions {
     fn default() -> Self {
         DaemonOptions {
             batch_size: 5_000,
+            state_rows: STATE_ROWS,
+            write_every: Duration::from_secs(5),
             takeover_interval: Duration::from_secs(2),
             poll_interval: Duration::from_secs(1),
             retry_interval: Duration::from_secs(5),
@@ -46,10 +62,30 @@ impl Default for DaemonOptions {
 }
 
 impl DaemonOptions {
-    /// Events applied per transaction, 1 to 100,000. Default: 5,000.
+    /// Events read per round trip, 1 to 100,000; for a projection without a
+    /// [`ProjectionState`], also the events applied per transaction. Default: 5,000.
     #[must_use]
     pub fn batch_size(mut self, batch_size: u32) -> Self {
         self.batch_size = batch_size;
+        self
+    }
+
+    /// The rows a catching-up runner keeps in a projection's [`ProjectionState`] (see
+    /// [`Projection::state`]): past this it writes them and starts afresh. It bounds the
+    /// memory of a catch-up. Default: 250,000.
+    #[must_use]
+    pub fn state_rows(mut self, rows: usize) -> Self {
+        self.state_rows = rows;
+        self
+    }
+
+    /// How long a runner that is catching up folds pages of events into its projection's
+    /// [`ProjectionState`] before it writes them, with the checkpoint, in one transaction:
+    /// the read model moves in steps this far apart while a backlog is applied. Zero writes
+    /// after every page. A runner that has caught up writes at once. Default: 5 seconds.
+    #[must_use]
+    pub fn write_every(mut self, interval: Duration) -> Self {
+        self.write_every = interval;
         self
     }
 
@@ -239,7 +275,8 @@ async fn take_turn(
     .bind(&options.owner)
     .execute(&mut connection)
     .await?;
-    let mut runner = Runner::start(&mut connection, projection, options.batch_size).await?;
+    let mut runner =
+        Runner::start(&mut connection, store.pool().clone(), projection, options).await?;
     tracing::info!(projection = %name, owner = %options.owner, position = runner.stored, "running projection");
     let listener = store.listener();
     let mut hints = listener.hints.clone();
@@ -268,39 +305,88 @@ pub(crate) async fn try_lock(connection: &mut PgConnection, name: &str) -> Resul
 /// A projection's runner, holding its lock on `connection`.
 pub(crate) struct Runner<'a> {
     connection: &'a mut PgConnection,
+    /// Where pages are read ahead.
+    pool: PgPool,
     projection: &'a dyn Projection,
-    types: Vec<String>,
+    types: Arc<[String]>,
     batch_size: u32,
-    /// The checkpoint as stored.
+    state_rows: usize,
+    write_every: Duration,
+    /// The checkpoint as last written (or read) by this runner.
     pub(crate) stored: u64,
-    /// Where the next read starts: at or past `stored` (past it over events of other types
-    /// not written back yet).
+    /// Everything up to here is applied, folded, or of no interest.
     cursor: u64,
     last_write: Instant,
+    /// Events this runner has committed.
+    pub(crate) applied: u64,
+    /// The next page, read while the current one is applied.
+    read_ahead: Option<ReadAhead>,
+    /// The projection's state with the events folded into it since the last write.
+    folding: Option<Folding>,
+    /// Events up to here are applied batch by batch, not folded: folding or writing them
+    /// failed, and [`apply_or_locate`] finds the event that fails.
+    plain_through: u64,
+    /// The tables hold no row that `folding` does not (a rebuild just emptied them).
+    pub(crate) emptied: bool,
+}
+
+/// A page being read on a connection of the pool.
+struct ReadAhead {
+    after: u64,
+    task: JoinHandle<Result<(Vec<RecordedEvent>, u64)>>,
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Folding {
+    state: Box<dyn ProjectionState>,
+    /// Events folded since the last write.
+    events: u64,
+    /// When the first of them was folded.
+    since: Instant,
 }
 
 impl<'a> Runner<'a> {
+    /// Loads the checkpoint (creating it if missing).
     pub(crate) async fn start(
         connection: &'a mut PgConnection,
+        pool: PgPool,
         projection: &'a dyn Projection,
-        batch_size: u32,
+        options: &DaemonOptions,
     ) -> Result<Runner<'a>> {
-        check_page_size(batch_size)?;
+        check_page_size(options.batch_size)?;
         ensure_checkpoint(connection, projection.name()).await?;
         let stored = load_position(connection, projection.name()).await?;
         Ok(Runner {
             connection,
+            pool,
             projection,
-            types: projection.event_types(),
-            batch_size,
+            types: projection.event_types().into(),
+            batch_size: options.batch_size,
+            state_rows: options.state_rows,
+            write_every: options.write_every,
             stored,
             cursor: stored,
             last_write: Instant::now(),
+            applied: 0,
+            read_ahead: None,
+            folding: None,
+            plain_through: 0,
+            emptied: false,
         })
     }
 
-    /// Follows the log until `stop`: reads a batch after the cursor, applies it, and waits
-    /// for a wake-up when there is nothing more.
+    /// Events folded and not yet written.
+    pub(crate) fn pending(&self) -> u64 {
+        self.folding.as_ref().map_or(0, |folding| folding.events)
+    }
+
+    /// Applies batches until caught up, then waits for wake-ups (or the poll interval);
+    /// returns when `stop` is set, with the batch in hand applied.
     async fn follow(
         &mut self,
         hints: &mut watch::Receiver<Hint>,
@@ -308,7 +394,6 @@ impl<'a> Runner<'a> {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<()> {
         let name = self.projection.name().to_owned();
-        // A failing event is retried after retry_interval, doubling up to a minute.
         let mut failure_backoff = Backoff::new(options.retry_interval, LAST_FAILURE_RETRY);
         let mut backoff = Backoff::TRANSIENT;
         let mut progress = (Instant::now(), self.stored);
@@ -316,19 +401,21 @@ impl<'a> Runner<'a> {
             if *stop.borrow() {
                 return Ok(());
             }
+            // Take the wake-up state before reading, so a wake-up during the read is not
+            // mistaken for one already handled.
             hints.borrow_and_update();
             let step = self.step(None).await?;
             match step {
-                Step::Applied { full: true, .. } | Step::Moved => {
+                Step::Applied { full: true } | Step::Moved => {
                     failure_backoff.reset();
                     backoff.reset();
                     if progress.0.elapsed() >= PROGRESS_EVERY {
-                        tracing::info!(projection = %name, position = self.stored, "catching up");
-                        progress = (Instant::now(), self.stored);
+                        tracing::info!(projection = %name, position = self.cursor, "catching up");
+                        progress = (Instant::now(), self.cursor);
                     }
                     continue;
                 }
-                Step::Applied { full: false, .. } | Step::Idle => {
+                Step::Applied { full: false } | Step::Idle => {
                     failure_backoff.reset();
                     backoff.reset();
                 }
@@ -353,18 +440,21 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// Reads and applies one batch, at most through position `until`.
+    /// Reads one page after the cursor and applies it (or folds it), with the checkpoint,
+    /// stopping at `until` when given. An error discards what was folded and not written.
     pub(crate) async fn step(&mut self, until: Option<u64>) -> Result<Step> {
-        let (mut events, head) = read_all_with_head(
-            &mut *self.connection,
-            self.cursor,
-            self.batch_size,
-            Some(&self.types),
-            None,
-        )
-        .await?;
+        let step = self.read_and_apply(until).await;
+        if step.is_err() {
+            self.discard();
+        }
+        step
+    }
+
+    async fn read_and_apply(&mut self, until: Option<u64>) -> Result<Step> {
+        let (mut events, head) = self.read_page().await?;
         let full = events.len() == self.batch_size as usize;
-        // Everything matching up to `head` has been read once the page is not full.
+        // A full page ends at its last event; a short one covers everything up to the head
+        // of the snapshot it was read in.
         let mut through = match (full, events.last()) {
             (true, Some(last)) => last.position,
             (_, last) => head.max(last.map_or(0, |e| e.position)),
@@ -374,8 +464,16 @@ impl<'a> Runner<'a> {
             through = through.min(until);
         }
         let full = full && until.is_none_or(|until| through < until);
+        if full {
+            self.read_ahead_from(through);
+        }
         if events.is_empty() {
-            // Idle: nothing applied would notice a rebuild that reset the checkpoint.
+            if self.pending() > 0 {
+                self.cursor = self.cursor.max(through);
+                return self.write_folded(false).await;
+            }
+            // Only the events skipped: check that no one (a rebuild) moved the checkpoint,
+            // and write the cursor forward now and then.
             let position = load_position(self.connection, self.projection.name()).await?;
             if position != self.stored {
                 return Ok(self.moved_to(position));
@@ -388,6 +486,11 @@ impl<'a> Runner<'a> {
             }
             return Ok(Step::Idle);
         }
+        if self.cursor >= self.plain_through {
+            if let Some(step) = self.fold(&events, through, full).await? {
+                return Ok(step);
+            }
+        }
         let count = events.len();
         let mut target = Checkpointed {
             connection: &mut *self.connection,
@@ -398,8 +501,9 @@ impl<'a> Runner<'a> {
             Applied::Done => {
                 self.stored = through;
                 self.cursor = through;
+                self.applied += count as u64;
                 self.last_write = Instant::now();
-                Ok(Step::Applied { full, count })
+                Ok(Step::Applied { full })
             }
             Applied::Moved(position) => Ok(self.moved_to(position)),
             Applied::Failed(failure) => {
@@ -413,16 +517,156 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// The page after the cursor: the one read ahead if it starts there.
+    async fn read_page(&mut self) -> Result<(Vec<RecordedEvent>, u64)> {
+        if let Some(mut ahead) = self.read_ahead.take() {
+            if ahead.after == self.cursor {
+                if let Ok(page) = (&mut ahead.task).await {
+                    return page;
+                }
+            }
+        }
+        read_all_with_head(
+            &mut *self.connection,
+            self.cursor,
+            self.batch_size,
+            Some(&self.types),
+            None,
+        )
+        .await
+    }
+
+    fn read_ahead_from(&mut self, after: u64) {
+        let (pool, types, batch_size) = (self.pool.clone(), self.types.clone(), self.batch_size);
+        let task = tokio::spawn(async move {
+            read_all_with_head(&pool, after, batch_size, Some(&types), None).await
+        });
+        self.read_ahead = Some(ReadAhead { after, task });
+    }
+
+    /// Folds `events` into the projection's state, and writes it when caught up, when it
+    /// holds too many rows, or when the first event folded since the last write is `write_every`
+    /// old. `None` when the
+    /// projection has no state.
+    async fn fold(
+        &mut self,
+        events: &[RecordedEvent],
+        through: u64,
+        full: bool,
+    ) -> Result<Option<Step>> {
+        if self.folding.is_none() {
+            let Some(state) = self.projection.state() else {
+                return Ok(None);
+            };
+            self.folding = Some(Folding {
+                state,
+                events: 0,
+                since: Instant::now(),
+            });
+        }
+        let folding = self.folding.as_mut().expect("a state to fold into");
+        if folding.events == 0 {
+            folding.since = Instant::now();
+        }
+        let stored = if self.emptied {
+            Stored::Held
+        } else {
+            Stored::In(&mut *self.connection)
+        };
+        let schema = self.projection.schema();
+        if let Err(error) = folding.state.fold(stored, schema, events).await {
+            return Ok(Some(self.fall_back(through, error)));
+        }
+        folding.events += events.len() as u64;
+        self.cursor = through;
+        let due = !full
+            || folding.state.rows() >= self.state_rows
+            || folding.state.changed() >= WRITE_ROWS
+            // A rebuild's reader sees emptied tables until it is done anyway.
+            || (!self.emptied && folding.since.elapsed() >= self.write_every);
+        if due {
+            return self.write_folded(full).await.map(Some);
+        }
+        Ok(Some(Step::Applied { full }))
+    }
+
+    /// Writes the folded state and moves the checkpoint to the cursor, in one transaction.
+    /// Forgets the state afterwards when caught up (`!full`) or holding too many rows.
+    async fn write_folded(&mut self, full: bool) -> Result<Step> {
+        let folding = self.folding.as_mut().expect("a state to write");
+        let mut tx = self.connection.begin().await?;
+        if let Err(error) = folding.state.write(&mut tx, self.projection.schema()).await {
+            tx.rollback().await?;
+            let through = self.cursor;
+            return Ok(self.fall_back(through, error));
+        }
+        let events = folding.events;
+        let moved = !advance_checkpoint(
+            &mut tx,
+            self.projection.name(),
+            self.stored,
+            self.cursor,
+            events,
+        )
+        .await?;
+        if moved {
+            tx.rollback().await?;
+            self.discard();
+            let position = load_position(self.connection, self.projection.name()).await?;
+            return Ok(self.moved_to(position));
+        }
+        tx.commit().await?;
+        self.stored = self.cursor;
+        self.applied += events;
+        self.last_write = Instant::now();
+        folding.events = 0;
+        if !full || folding.state.rows() >= self.state_rows {
+            self.folding = None;
+            self.emptied = false;
+        }
+        Ok(Step::Applied { full })
+    }
+
+    /// Folding or writing failed: discards the state; a transient failure is retried,
+    /// any other makes the events since the last write, through `through`, go through
+    /// [`apply_or_locate`] batch by batch, which finds the one that fails.
+    fn fall_back(&mut self, through: u64, error: ApplyError) -> Step {
+        self.discard();
+        if transient(&error) {
+            return Step::Retry(error);
+        }
+        tracing::warn!(projection = %self.projection.name(), %error, "folding events failed; applying them batch by batch");
+        self.plain_through = through;
+        Step::Applied { full: true }
+    }
+
+    /// Forgets what was folded and not written: the cursor goes back to the checkpoint.
+    fn discard(&mut self) {
+        self.folding = None;
+        self.emptied = false;
+        self.cursor = self.stored;
+    }
+
     /// Continues from `position`, where another session (a rebuild) moved the checkpoint.
     fn moved_to(&mut self, position: u64) -> Step {
         tracing::info!(projection = %self.projection.name(), from = self.stored, to = position, "checkpoint moved by another session (a rebuild); continuing from there");
+        self.discard();
         self.stored = position;
         self.cursor = position;
+        self.applied = 0;
         Step::Moved
     }
 
-    /// Writes the cursor back as the checkpoint if it moved past it over skipped events.
+    /// Writes what was folded, and the cursor back as the checkpoint if it moved past it
+    /// over skipped events.
     pub(crate) async fn flush(&mut self) -> Result<()> {
+        if self.pending() > 0 {
+            let step = self.write_folded(false).await;
+            if step.is_err() {
+                self.discard();
+            }
+            step?;
+        }
         if self.cursor <= self.stored {
             return Ok(());
         }
@@ -448,8 +692,8 @@ impl<'a> Runner<'a> {
 
 /// What one [`Runner::step`] did.
 pub(crate) enum Step {
-    /// Applied `count` events; `full`: there may be more right away.
-    Applied { full: bool, count: usize },
+    /// Applied (or folded) a page; `full`: there may be more right away.
+    Applied { full: bool },
     /// Nothing new.
     Idle,
     /// The checkpoint was moved by someone else; the runner continues from there.
@@ -492,21 +736,16 @@ impl BatchTarget for Checkpointed<'_> {
         }
         // The checkpoint only moves from where this runner last left it: a rebuild that
         // reset it meanwhile makes this update match nothing, and the batch is rolled back.
-        let updated = sqlx::query(
-            "UPDATE projections.checkpoints \
-             SET position = $3, events_applied = events_applied + $4, updated_at = now(), \
-                 failed_position = NULL, failed_stream = NULL, failed_version = NULL, \
-                 failed_type = NULL, failed_event_id = NULL, error = NULL, failed_at = NULL, \
-                 failures = 0 \
-             WHERE name = $1 AND position = $2",
+        let events = u64::try_from(events.len()).unwrap_or(u64::MAX);
+        if !advance_checkpoint(
+            &mut tx,
+            self.projection.name(),
+            self.stored,
+            through,
+            events,
         )
-        .bind(self.projection.name())
-        .bind(to_i64(self.stored))
-        .bind(to_i64(through))
-        .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
+        .await?
+        {
             tx.rollback().await?;
             let position = load_position(self.connection, self.projection.name()).await?;
             return Ok(Attempt::Moved(position));
@@ -515,6 +754,32 @@ impl BatchTarget for Checkpointed<'_> {
         self.stored = through;
         Ok(Attempt::Applied)
     }
+}
+
+/// Moves the checkpoint of `name` from `from` to `to`, counting `events` applied and
+/// clearing a recorded failure; false when it is not at `from` (a rebuild reset it).
+async fn advance_checkpoint(
+    tx: &mut PgConnection,
+    name: &str,
+    from: u64,
+    to: u64,
+    events: u64,
+) -> Result<bool> {
+    let updated = sqlx::query(
+        "UPDATE projections.checkpoints \
+         SET position = $3, events_applied = events_applied + $4, updated_at = now(), \
+             failed_position = NULL, failed_stream = NULL, failed_version = NULL, \
+             failed_type = NULL, failed_event_id = NULL, error = NULL, failed_at = NULL, \
+             failures = 0 \
+         WHERE name = $1 AND position = $2",
+    )
+    .bind(name)
+    .bind(to_i64(from))
+    .bind(to_i64(to))
+    .bind(i64::try_from(events).unwrap_or(i64::MAX))
+    .execute(tx)
+    .await?;
+    Ok(updated.rows_affected() == 1)
 }
 
 async fn record_failure(connection: &mut PgConnection, failure: &ProjectionFailure) -> Result<()> {
