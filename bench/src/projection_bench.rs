@@ -1,7 +1,7 @@
-//! The projection daemon: catch-up rate of the shop projection into `shop.users` +
-//! `shop.orders` over a generated log (target: 50,000 events/s), against reading the same
-//! events through `read_all` in the same run; and the live lag from append to read model
-//! with 8 writers running.
+//! The projection daemon: the rates of the shop projection into `shop.users` +
+//! `shop.orders` over a generated log, catching up from zero in a daemon and rebuilding
+//! (target: 150,000 events/s each), against reading the same events through `read_all` in
+//! the same run; and the live lag from append to read model with 8 writers running.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use sqlx::PgPool;
 
 const DATABASE: &str = "bench_projection";
 const USERS: u64 = 10_000;
-const TARGET: f64 = 50_000.0;
+const TARGET: f64 = 150_000.0;
 
 /// A database of its own with the migrations applied.
 async fn database(admin: &PgPool, options: &PgConnectOptions) -> EventStore {
@@ -106,21 +106,56 @@ pub async fn run(admin: &PgPool, options: &PgConnectOptions, total: u64, seconds
     let store = database(admin, options).await;
     let events = fill(store.pool(), total).await;
 
-    // Catch-up: the rebuild applies the whole log in batches, as a daemon does.
     // Reading every event through the client, as the projection does: the baseline.
     let (_, read) = crate::client_bench::client_catch_up(&store, u64::MAX).await;
+
+    // Catch-up: a daemon started on the whole log with empty tables (a first deployment,
+    // or one that was down), until its checkpoint reaches the head.
+    let head: i64 = sqlx::query_scalar("SELECT eventstore.head_position()")
+        .fetch_one(store.pool())
+        .await
+        .expect("head");
+    let started = Instant::now();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(
+        Daemon::new(store.clone(), DaemonOptions::default())
+            .with(ShopProjection)
+            .run(async {
+                let _ = stopped.await;
+            }),
+    );
+    loop {
+        let position: i64 =
+            sqlx::query_scalar("SELECT position FROM projections.checkpoints WHERE name = 'shop'")
+                .fetch_optional(store.pool())
+                .await
+                .expect("checkpoint")
+                .unwrap_or_default();
+        if position >= head {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let catch_up = events as f64 / started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    daemon.await.expect("daemon task").expect("daemon");
+
+    // Rebuild: empties the tables and applies the log again.
     let started = Instant::now();
     let applied = projection::rebuild(&store, &ShopProjection, 5_000, |_| {})
         .await
         .expect("rebuild");
-    let rate = applied as f64 / started.elapsed().as_secs_f64();
-    let catch_up_met = rate >= TARGET;
-    println!(
-        "  catch-up over {events} events: {rate:>9.0} events/s (target {TARGET:.0}: {}); \
-         reading the same events through read_all: {read:.0}/s, ratio {:.2}",
-        if catch_up_met { "met" } else { "MISSED" },
-        rate / read
-    );
+    let rebuild = applied as f64 / started.elapsed().as_secs_f64();
+    let mut met = true;
+    for (what, rate) in [("catch-up", catch_up), ("rebuild", rebuild)] {
+        met &= rate >= TARGET;
+        println!(
+            "  {what:<8} over {events} events: {rate:>9.0} events/s (target {TARGET:.0}: {}); \
+             reading the same events through read_all: {read:.0}/s, ratio {:.2}",
+            if rate >= TARGET { "met" } else { "MISSED" },
+            rate / read
+        );
+    }
 
     // Live: a daemon follows 8 writers; a probe measures append-to-read-model time.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -209,7 +244,7 @@ pub async fn run(admin: &PgPool, options: &PgConnectOptions, total: u64, seconds
         .execute(admin)
         .await
         .expect("drop the bench database");
-    catch_up_met
+    met
 }
 
 fn placed(user: u64) -> EventData {

@@ -134,6 +134,8 @@ impl ShopState {
         schema: &str,
         events: &[RecordedEvent],
     ) -> Result<(), ApplyError> {
+        // Rows to read from the tables: none when they hold nothing this state does not.
+        let loading = matches!(stored, Stored::In(_));
         let mut changes = Vec::with_capacity(events.len());
         let mut order_ids = HashSet::default();
         let mut usernames = HashSet::default();
@@ -151,7 +153,7 @@ impl ShopState {
                         | ShopEvent::OrderShipped(order_id, _)
                         | ShopEvent::OrderCancelled(order_id, _) => (None, Some(order_id)),
                     };
-                    if let Some(order_id) = order {
+                    if let Some(order_id) = order.filter(|_| loading) {
                         match self.shop.orders.get(order_id) {
                             // The owner of an order held is needed too (held since, or
                             // missing from the tables).
@@ -164,7 +166,9 @@ impl ShopState {
                             }
                         }
                     }
-                    if let Some(username) = user.filter(|u| !self.shop.users.contains_key(*u)) {
+                    if let Some(username) =
+                        user.filter(|u| loading && !self.shop.users.contains_key(*u))
+                    {
                         usernames.insert(username.clone());
                     }
                     changes.push((event, change));
@@ -237,6 +241,7 @@ impl ShopState {
                 tracking_number, cancel_reason \
          FROM {schema}.orders WHERE order_id = ANY($1)"
         ))
+        .persistent(false)
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;
@@ -284,6 +289,7 @@ impl ShopState {
             "SELECT username, full_name, active, created_at, updated_at, order_count, total_spent \
          FROM {schema}.users WHERE username = ANY($1)"
         ))
+        .persistent(false)
         .bind(&usernames)
         .fetch_all(&mut *tx)
         .await?;
@@ -304,11 +310,15 @@ impl ShopState {
     }
 }
 
+// The loads and updates are planned for each call (`persistent(false)`): a plan kept from
+// when the tables were empty (after a rebuild, or on a first start) scans them whole, and
+// with thousands of keys per call that made a catch-up 20 times slower.
+
 /// Changed users as columns, for `unnest`.
 #[derive(Default)]
-struct UserColumns {
-    username: Vec<String>,
-    full_name: Vec<String>,
+struct UserColumns<'s> {
+    username: Vec<&'s str>,
+    full_name: Vec<&'s str>,
     active: Vec<bool>,
     created_at: Vec<DateTime<Utc>>,
     updated_at: Vec<DateTime<Utc>>,
@@ -316,10 +326,10 @@ struct UserColumns {
     total_spent: Vec<Decimal>,
 }
 
-impl UserColumns {
-    fn push(&mut self, username: &str, user: &User) {
-        self.username.push(username.to_owned());
-        self.full_name.push(user.full_name.clone());
+impl<'s> UserColumns<'s> {
+    fn push(&mut self, username: &'s str, user: &'s User) {
+        self.username.push(username);
+        self.full_name.push(&user.full_name);
         self.active.push(user.active);
         self.created_at.push(user.created_at);
         self.updated_at.push(user.updated_at);
@@ -370,6 +380,7 @@ async fn write_users(
                   AS v(username, full_name, active, updated_at, order_count, total_spent) \
              WHERE u.username = v.username"
         ))
+        .persistent(false)
         .bind(&changed.username)
         .bind(&changed.full_name)
         .bind(&changed.active)
@@ -384,45 +395,45 @@ async fn write_users(
 
 /// Changed orders as columns, for `unnest`.
 #[derive(Default)]
-struct OrderColumns {
-    order_id: Vec<String>,
-    username: Vec<String>,
+struct OrderColumns<'s> {
+    order_id: Vec<&'s str>,
+    username: Vec<&'s str>,
     status: Vec<&'static str>,
-    items: Vec<String>,
+    items: Vec<&'s str>,
     item_count: Vec<i32>,
     total: Vec<Decimal>,
-    currency: Vec<String>,
+    currency: Vec<&'s str>,
     placed_at: Vec<DateTime<Utc>>,
     paid_at: Vec<Option<DateTime<Utc>>>,
     shipped_at: Vec<Option<DateTime<Utc>>>,
     cancelled_at: Vec<Option<DateTime<Utc>>>,
     version: Vec<i64>,
     amount_paid: Vec<Option<Decimal>>,
-    payment_method: Vec<Option<String>>,
-    carrier: Vec<Option<String>>,
-    tracking_number: Vec<Option<String>>,
-    cancel_reason: Vec<Option<String>>,
+    payment_method: Vec<Option<&'s str>>,
+    carrier: Vec<Option<&'s str>>,
+    tracking_number: Vec<Option<&'s str>>,
+    cancel_reason: Vec<Option<&'s str>>,
 }
 
-impl OrderColumns {
-    fn push(&mut self, order_id: &str, order: &Order, items: Option<&String>) {
-        self.order_id.push(order_id.to_owned());
-        self.username.push(order.username.clone());
+impl<'s> OrderColumns<'s> {
+    fn push(&mut self, order_id: &'s str, order: &'s Order, items: Option<&'s String>) {
+        self.order_id.push(order_id);
+        self.username.push(&order.username);
         self.status.push(order.status.as_str());
-        self.items.push(items.cloned().unwrap_or_default());
+        self.items.push(items.map_or("", String::as_str));
         self.item_count.push(order.item_count);
         self.total.push(order.total.0);
-        self.currency.push(order.currency.clone());
+        self.currency.push(&order.currency);
         self.placed_at.push(order.placed_at);
         self.paid_at.push(order.paid_at);
         self.shipped_at.push(order.shipped_at);
         self.cancelled_at.push(order.cancelled_at);
         self.version.push(order.version);
         self.amount_paid.push(order.amount_paid.map(|m| m.0));
-        self.payment_method.push(order.payment_method.clone());
-        self.carrier.push(order.carrier.clone());
-        self.tracking_number.push(order.tracking_number.clone());
-        self.cancel_reason.push(order.cancel_reason.clone());
+        self.payment_method.push(order.payment_method.as_deref());
+        self.carrier.push(order.carrier.as_deref());
+        self.tracking_number.push(order.tracking_number.as_deref());
+        self.cancel_reason.push(order.cancel_reason.as_deref());
     }
 }
 
@@ -493,6 +504,7 @@ async fn write_orders(
                        amount_paid, payment_method, carrier, tracking_number, cancel_reason) \
              WHERE o.order_id = v.order_id"
         ))
+        .persistent(false)
         .bind(&changed.order_id)
         .bind(&changed.status)
         .bind(&changed.paid_at)

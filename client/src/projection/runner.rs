@@ -621,7 +621,9 @@ impl<'a> Runner<'a> {
         self.last_write = Instant::now();
         folding.events = 0;
         if !full || folding.state.rows() >= self.state_rows {
-            self.folding = None;
+            // Freeing many rows takes a while: not on this task.
+            let forgotten = self.folding.take();
+            tokio::task::spawn_blocking(move || drop(forgotten));
             self.emptied = false;
         }
         Ok(Step::Applied { full })
