@@ -10,7 +10,7 @@ use pg_eventstore_client::{
     EventData, EventStore, ExpectedVersion, ReadAllOptions, RecordedEvent, Subscription,
     SubscriptionOptions,
 };
-use pg_eventstore_tests::{eventually, TestDb, PATIENCE};
+use pg_eventstore_tests::{eventually, settled, TestDb, PATIENCE};
 use rand::Rng;
 use sqlx::postgres::PgListener;
 use sqlx::Acquire;
@@ -421,4 +421,141 @@ async fn a_subscription_resumes_exactly_after_its_connections_are_killed() {
     log.pop();
     assert_eq!(positions(&received), positions(&log));
     db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_of_one_store_share_its_reader_and_each_gets_exactly_its_events() {
+    let db = TestDb::new(16).await;
+    let store = EventStore::from_pool(db.pool.clone());
+    // Some history first, so the subscriptions from 0 catch up on their own before they
+    // join the store's reader.
+    for n in 0..40 {
+        let stream = format!("{}-{}", ["order", "user"][n % 2], n % 7);
+        store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                [event("noted", Uuid::now_v7())],
+            )
+            .await
+            .unwrap();
+    }
+    let options = || SubscriptionOptions::default().poll_interval(NO_POLLING);
+    let middle = store.head_position().await.unwrap();
+    let subscriptions = [
+        ("all", store.subscribe_to_all(options())),
+        (
+            "all, pages of 7",
+            store.subscribe_to_all(options().page_size(7)),
+        ),
+        (
+            "all after the history",
+            store.subscribe_to_all(options().after(middle)),
+        ),
+        (
+            "category order",
+            store.subscribe_to_category("order", options()),
+        ),
+        (
+            "category user",
+            store.subscribe_to_category("user", options().page_size(3)),
+        ),
+        (
+            "type paid",
+            store.subscribe_to_all(options().event_types(["paid"])),
+        ),
+    ];
+    let collected: Vec<_> = subscriptions
+        .into_iter()
+        .map(|(name, subscription)| (name, collect(subscription)))
+        .collect();
+
+    let mut writers = Vec::new();
+    for writer in 0..6 {
+        let pool = db.pool.clone();
+        writers.push(tokio::spawn(async move {
+            for n in 0..50 {
+                let (stream, event_type, rollback) = {
+                    let mut rng = rand::thread_rng();
+                    (
+                        format!(
+                            "{}-{}",
+                            ["order", "user"][rng.gen_range(0..2)],
+                            rng.gen_range(0..9)
+                        ),
+                        ["noted", "paid"][rng.gen_range(0..2)],
+                        rng.gen_bool(0.2),
+                    )
+                };
+                let mut tx = pool.begin().await.unwrap();
+                let appended = EventStore::append_in(
+                    &mut *tx,
+                    &stream,
+                    ExpectedVersion::Any,
+                    [event(event_type, Uuid::now_v7())],
+                )
+                .await;
+                match appended {
+                    Ok(_) if !rollback => tx.commit().await.unwrap(),
+                    Ok(_) => tx.rollback().await.unwrap(),
+                    Err(error) => {
+                        assert!(error.is_transient(), "writer {writer}, append {n}: {error}");
+                        tx.rollback().await.unwrap();
+                    }
+                }
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    // Sentinels of type paid in both categories: the last event of every subscription.
+    for stream in ["order-sentinel", "user-sentinel"] {
+        store
+            .append(
+                stream,
+                ExpectedVersion::NoStream,
+                [event("paid", Uuid::now_v7())],
+            )
+            .await
+            .unwrap();
+    }
+    // Other tests' transactions may hold the readable horizon back for a moment.
+    settled(&db.pool).await;
+    let log = whole_log(&store).await;
+    for (name, (received, reader)) in collected {
+        let expected: Vec<u64> = log
+            .iter()
+            .filter(|e| match name {
+                "all after the history" => e.position > middle,
+                "category order" => e.category() == "order",
+                "category user" => e.category() == "user",
+                "type paid" => e.event_type == "paid",
+                _ => true,
+            })
+            .map(|e| e.position)
+            .collect();
+        let last = *expected.last().expect("a sentinel");
+        eventually(
+            PATIENCE,
+            &format!("subscription {name} has its sentinel"),
+            || {
+                let received = received.clone();
+                async move {
+                    received
+                        .lock()
+                        .unwrap()
+                        .last()
+                        .is_some_and(|e| e.position >= last)
+                }
+            },
+        )
+        .await;
+        reader.abort();
+        assert_eq!(
+            positions(&received.lock().unwrap()),
+            expected,
+            "subscription {name}: exactly its events, in log order"
+        );
+    }
 }

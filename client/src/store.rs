@@ -6,7 +6,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgExecutor, PgPool, Row};
 
 use crate::read::{paged, Cursor, Source};
-use crate::subscription::{Listener, SharedListener, Subscription, SubscriptionOptions, Target};
+use crate::subscription::{
+    Listener, SharedFeed, SharedListener, Subscription, SubscriptionOptions, Target,
+};
 use crate::{
     migrations, AppendResult, AppliedMigration, Error, EventData, EventStream, ExpectedVersion,
     ReadAllOptions, ReadStreamOptions, Result,
@@ -20,6 +22,7 @@ use std::sync::Arc;
 pub struct EventStore {
     pool: PgPool,
     listener: Arc<SharedListener>,
+    feed: Arc<SharedFeed>,
 }
 
 impl EventStore {
@@ -54,6 +57,7 @@ impl EventStore {
         EventStore {
             pool,
             listener: Arc::default(),
+            feed: Arc::default(),
         }
     }
 
@@ -245,7 +249,13 @@ impl EventStore {
 
     fn subscribe(&self, target: Target, options: SubscriptionOptions) -> Subscription {
         let listener = self.listener();
-        Subscription::start(self.pool.clone(), listener, target, options)
+        let feed = match target {
+            Target::Stream(_) => None,
+            Target::All | Target::Category(_) => {
+                Some(self.feed.get(&self.pool, Arc::clone(&listener)))
+            }
+        };
+        Subscription::start(self.pool.clone(), listener, feed, target, options)
     }
 }
 

@@ -12,6 +12,7 @@ use super::listeners::has_listeners;
 use super::settings::WAKEUP_INTERVAL_MS;
 use super::slots::{State, SLOTS};
 use super::{async_notify, CHANNEL};
+use crate::spi::{Connection, Statement};
 
 /// The longest pause between checks while committed events are not yet readable.
 const MAX_LAGGING_POLL_MS: u64 = 100;
@@ -61,11 +62,18 @@ pub unsafe extern "C-unwind" fn eventstore_wakeup_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
     // The worker runs as the bootstrap superuser: nothing a user creates in the database may
     // stand in for what its queries name.
-    // SAFETY: a GUC assignment of constant strings, before any query.
+    // A wake-up is a hint: its commit need not wait for the WAL flush.
+    // SAFETY: GUC assignments of constant strings, before any query.
     unsafe {
         pg_sys::SetConfigOption(
             c"search_path".as_ptr(),
             c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+        pg_sys::SetConfigOption(
+            c"synchronous_commit".as_ptr(),
+            c"off".as_ptr(),
             pg_sys::GucContext::PGC_SUSET,
             pg_sys::GucSource::PGC_S_OVERRIDE,
         );
@@ -161,16 +169,27 @@ fn exit_if_idle(index: usize, committed: i64) -> bool {
     true
 }
 
+/// The readable head and the bound below which every committed event is readable, in one
+/// statement prepared once for the life of the worker. It spells out the bodies of
+/// `eventstore.head_position()` and `eventstore._visible_below()`: SQL functions with a FROM
+/// are not inlined, and calling them parsed and planned their bodies on every wake-up,
+/// which cost more than running them.
+static HEAD: Statement = Statement {
+    sql: c"SELECT (SELECT coalesce(max(e.position), 0) FROM eventstore.events AS e \
+                   WHERE e.position < h.visible_below), \
+                  h.visible_below \
+           FROM eventstore._log_horizon AS h",
+    arg_types: &[],
+};
+
 /// Sends `NOTIFY eventstore, '<head>'` when the readable head moved past `notified`, and
 /// returns the head and the bound below which every committed event is readable.
 fn notify_head(notified: i64) -> (i64, i64) {
-    // A wake-up is a hint; its commit need not wait for the WAL flush.
-    Spi::run("SET LOCAL synchronous_commit = off").expect("SET LOCAL succeeds");
-    let (head, readable_below) =
-        Spi::get_two::<i64, i64>("SELECT eventstore.head_position(), eventstore._visible_below()")
-            .expect("eventstore.head_position() runs");
-    let head = head.unwrap_or(0);
-    let readable_below = readable_below.unwrap_or(0);
+    let (head, readable_below) = {
+        let connection = Connection::open();
+        let rows = connection.execute(&HEAD, &[]);
+        (rows.i64(0, 1).unwrap_or(0), rows.i64(0, 2).unwrap_or(0))
+    };
     if head > notified {
         let payload = std::ffi::CString::new(head.to_string()).expect("digits only");
         // SAFETY: NUL-terminated strings, inside a transaction.

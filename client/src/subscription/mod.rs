@@ -21,6 +21,11 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+mod feed;
+
+pub(crate) use feed::SharedFeed;
+use feed::{Feed, Take};
+
 use crate::read::{check_page_size, read_all_with_head, Cursor, Source};
 use crate::retry::{wait_for_events, Backoff, Woken};
 use crate::{EventStream, RecordedEvent, Result};
@@ -229,53 +234,11 @@ impl Subscription {
     pub(crate) fn start(
         pool: PgPool,
         listener: Arc<Listener>,
+        feed: Option<Arc<Feed>>,
         target: Target,
         options: SubscriptionOptions,
     ) -> Self {
-        let hints = listener.hints.clone();
-        let (cursor, filtered) = match &target {
-            Target::All => (
-                Cursor::All {
-                    after: options.after,
-                    event_types: options.event_types.clone(),
-                    categories: None,
-                },
-                options.event_types.is_some(),
-            ),
-            Target::Category(category) => (
-                Cursor::All {
-                    after: options.after,
-                    event_types: options.event_types.clone(),
-                    categories: Some(vec![category.clone()]),
-                },
-                true,
-            ),
-            Target::Stream(stream) => (
-                Cursor::Stream {
-                    stream: stream.clone(),
-                    next: Some(options.from_version),
-                    backwards: false,
-                },
-                false,
-            ),
-        };
-        let follow = Follow {
-            pool,
-            _listener: listener,
-            hints,
-            cursor,
-            filtered,
-            stream_types: match target {
-                Target::Stream(_) => options.event_types.clone(),
-                _ => None,
-            },
-            page_size: options.page_size,
-            poll_interval: options.poll_interval,
-            buffer: VecDeque::new(),
-            recheck: None,
-            recheck_for: 0,
-            failed: false,
-        };
+        let follow = Follow::new(pool, listener, feed, &target, &options);
         let events = futures_util::stream::unfold(follow, |mut follow| async move {
             let item = follow.next().await?;
             Some((item, follow))
@@ -312,10 +275,89 @@ struct Follow {
     /// The wake-up generation the re-checks are for.
     recheck_for: u64,
     failed: bool,
+    /// The store's shared reader, for global-log targets: once caught up, events come from
+    /// its pages instead of reads of their own.
+    feed: Option<Arc<Feed>>,
+    /// Changes after each page the feed publishes.
+    published: Option<watch::Receiver<u64>>,
+    /// The last read of its own found the head (a page that was not full), or the last
+    /// take from the feed found events: the feed may serve the next ones.
+    on_feed: bool,
 }
 
 impl Follow {
+    fn new(
+        pool: PgPool,
+        listener: Arc<Listener>,
+        feed: Option<Arc<Feed>>,
+        target: &Target,
+        options: &SubscriptionOptions,
+    ) -> Follow {
+        let hints = listener.hints.clone();
+        let (cursor, filtered) = match target {
+            Target::All => (
+                Cursor::All {
+                    after: options.after,
+                    event_types: options.event_types.clone(),
+                    categories: None,
+                },
+                options.event_types.is_some(),
+            ),
+            Target::Category(category) => (
+                Cursor::All {
+                    after: options.after,
+                    event_types: options.event_types.clone(),
+                    categories: Some(vec![category.clone()]),
+                },
+                true,
+            ),
+            Target::Stream(stream) => (
+                Cursor::Stream {
+                    stream: stream.clone(),
+                    next: Some(options.from_version),
+                    backwards: false,
+                },
+                false,
+            ),
+        };
+        let feed = feed.filter(|_| !matches!(target, Target::Stream(_)));
+        Follow {
+            pool,
+            _listener: listener,
+            hints,
+            cursor,
+            filtered,
+            stream_types: match target {
+                Target::Stream(_) => options.event_types.clone(),
+                _ => None,
+            },
+            page_size: options.page_size,
+            poll_interval: options.poll_interval,
+            buffer: VecDeque::new(),
+            recheck: None,
+            recheck_for: 0,
+            failed: false,
+            published: feed.as_ref().map(|feed| feed.published()),
+            feed,
+            on_feed: false,
+        }
+    }
+
     async fn next(&mut self) -> Option<Result<RecordedEvent>> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                return Some(Ok(event));
+            }
+            match self.refill().await? {
+                Ok(()) => {}
+                Err(error) => return Some(Err(error)),
+            }
+        }
+    }
+
+    /// Reads (or takes from the feed) until the buffer holds events, waiting for wake-ups
+    /// in between; `None` after a failure was reported.
+    async fn refill(&mut self) -> Option<Result<()>> {
         if self.failed {
             return None;
         }
@@ -325,8 +367,17 @@ impl Follow {
         }
         let mut backoff = Backoff::TRANSIENT;
         loop {
-            if let Some(event) = self.buffer.pop_front() {
-                return Some(Ok(event));
+            if !self.buffer.is_empty() {
+                return Some(Ok(()));
+            }
+            if self.on_feed {
+                if let Some(taken) = self.take_from_feed().await {
+                    if taken {
+                        continue;
+                    }
+                    // Nothing new from the feed for a poll interval: read directly, in
+                    // case its reader is gone.
+                }
             }
             // Take the wake-up state before reading, so a wake-up during the read is not
             // mistaken for one already handled.
@@ -349,7 +400,53 @@ impl Follow {
                     return Some(Err(error));
                 }
             }
-            self.wait(seen).await;
+            if !self.on_feed {
+                self.wait(seen).await;
+            }
+        }
+    }
+
+    /// Takes the events after the checkpoint from the feed, waiting up to the poll interval
+    /// for its next page: `Some(true)` when the checkpoint moved or a page arrived,
+    /// `Some(false)` when nothing came, `None` when the feed does not reach back to the
+    /// checkpoint (reads of its own then catch up, and come back to the feed).
+    async fn take_from_feed(&mut self) -> Option<bool> {
+        let (Some(feed), Some(published)) = (&self.feed, &mut self.published) else {
+            self.on_feed = false;
+            return None;
+        };
+        let Cursor::All {
+            after,
+            event_types,
+            categories,
+        } = &mut self.cursor
+        else {
+            unreachable!("the feed serves global-log targets");
+        };
+        published.borrow_and_update();
+        let keep = |event: &RecordedEvent| {
+            event_types
+                .as_ref()
+                .is_none_or(|types| types.contains(&event.event_type))
+                && categories
+                    .as_ref()
+                    .is_none_or(|categories| categories.iter().any(|c| c == event.category()))
+        };
+        match feed.take(*after, self.page_size as usize, keep) {
+            Take::Events(events, checkpoint) => {
+                *after = checkpoint;
+                self.buffer.extend(events);
+                Some(true)
+            }
+            Take::Behind => {
+                self.on_feed = false;
+                None
+            }
+            Take::Nothing => Some(
+                tokio::time::timeout(self.poll_interval, published.changed())
+                    .await
+                    .is_ok_and(|changed| changed.is_ok()),
+            ),
         }
     }
 
@@ -392,6 +489,7 @@ impl Follow {
         let mut source = Source::Pool(self.pool.clone());
         let page = self.cursor.next_page(&mut source, page_size).await?;
         let read = page.len();
+        self.on_feed = self.feed.is_some() && read < page_size as usize;
         match &self.stream_types {
             Some(types) => self
                 .buffer
@@ -428,6 +526,7 @@ impl Follow {
         self.buffer.extend(page);
         if read < self.page_size as usize {
             *after = (*after).max(head);
+            self.on_feed = self.feed.is_some();
         }
         Ok(read)
     }
