@@ -4,10 +4,14 @@
 //! its own checkpoint after each wake-up, after each reconnect of the listening connection,
 //! and every `poll_interval` regardless, so a lost notification only delays delivery. Reads
 //! go through `read_all` / `read_stream`, which never skip or repeat a committed event.
+//! Once caught up, global-log and category subscriptions take their events from the pages
+//! of the store's one shared reader instead (`feed`), and read on their own again only when
+//! they fall behind what it keeps.
 //!
-//! Back-pressure: a subscription reads its next page only when its consumer has taken the
-//! previous one, so a slow consumer holds at most one page in memory and never slows the
-//! writers; wake-ups are folded into one "something may be new" value, never queued.
+//! Back-pressure: a subscription reads (or takes) its next page only when its consumer has
+//! taken the previous one, so a slow consumer holds at most one page in memory and never
+//! slows the writers or the other subscriptions; wake-ups are folded into one "something may
+//! be new" value, never queued.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -442,11 +446,20 @@ impl Follow {
                 self.on_feed = false;
                 None
             }
-            Take::Nothing => Some(
-                tokio::time::timeout(self.poll_interval, published.changed())
-                    .await
-                    .is_ok_and(|changed| changed.is_ok()),
-            ),
+            Take::Nothing => {
+                match tokio::time::timeout(self.poll_interval, published.changed()).await {
+                    Ok(Ok(())) => Some(true),
+                    Ok(Err(_)) => {
+                        // The feed's reader stopped (an error retrying cannot fix): read on
+                        // our own from now on, which reports it.
+                        self.feed = None;
+                        self.published = None;
+                        self.on_feed = false;
+                        None
+                    }
+                    Err(_) => Some(false),
+                }
+            }
         }
     }
 
