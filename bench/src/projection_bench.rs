@@ -116,14 +116,7 @@ pub async fn run(admin: &PgPool, options: &PgConnectOptions, total: u64, seconds
         .await
         .expect("head");
     let started = Instant::now();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(
-        Daemon::new(store.clone(), DaemonOptions::default())
-            .with(ShopProjection)
-            .run(async {
-                let _ = stopped.await;
-            }),
-    );
+    let daemon = Running::start(&store);
     loop {
         let position: i64 =
             sqlx::query_scalar("SELECT position FROM projections.checkpoints WHERE name = 'shop'")
@@ -137,8 +130,7 @@ pub async fn run(admin: &PgPool, options: &PgConnectOptions, total: u64, seconds
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let catch_up = events as f64 / started.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    daemon.await.expect("daemon task").expect("daemon");
+    daemon.stop().await;
 
     // Rebuild: empties the tables and applies the log again.
     let started = Instant::now();
@@ -158,14 +150,7 @@ pub async fn run(admin: &PgPool, options: &PgConnectOptions, total: u64, seconds
     }
 
     // Live: a daemon follows 8 writers; a probe measures append-to-read-model time.
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(
-        Daemon::new(store.clone(), DaemonOptions::default())
-            .with(ShopProjection)
-            .run(async {
-                let _ = stopped.await;
-            }),
-    );
+    let daemon = Running::start(&store);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let running = Arc::new(AtomicBool::new(true));
     let appended = Arc::new(AtomicU64::new(0));
@@ -227,8 +212,7 @@ pub async fn run(admin: &PgPool, options: &PgConnectOptions, total: u64, seconds
         writer.await.expect("writer");
     }
     let writes = appended.load(Ordering::Relaxed) as f64 / seconds as f64;
-    let _ = stop.send(());
-    daemon.await.expect("daemon task").expect("daemon");
+    daemon.stop().await;
     lags.sort();
     let at = |q: f64| lags[((lags.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0;
     println!(
@@ -245,6 +229,31 @@ pub async fn run(admin: &PgPool, options: &PgConnectOptions, total: u64, seconds
         .await
         .expect("drop the bench database");
     met
+}
+
+/// A daemon running the shop projection in this process.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<pg_eventstore_client::Result<()>>,
+}
+
+impl Running {
+    fn start(store: &EventStore) -> Running {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(
+            Daemon::new(store.clone(), DaemonOptions::default())
+                .with(ShopProjection)
+                .run(async {
+                    let _ = stopped.await;
+                }),
+        );
+        Running { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("daemon task").expect("daemon");
+    }
 }
 
 fn placed(user: u64) -> EventData {
