@@ -311,8 +311,9 @@ impl ShopState {
 }
 
 // The loads and updates are planned for each call (`persistent(false)`): a plan kept from
-// when the tables were empty (after a rebuild, or on a first start) scans them whole, and
-// with thousands of keys per call that made a catch-up 20 times slower.
+// when the tables were empty (after a rebuild, or on a first start) scans them whole: with
+// thousands of keys per call, a load took 441 ms instead of 1.2 ms once the orders were in,
+// and a catch-up from zero of 270,000 events 31 s instead of 9.
 
 /// Changed users as columns, for `unnest`.
 #[derive(Default)]
