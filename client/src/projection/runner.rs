@@ -441,16 +441,8 @@ impl<'a> Runner<'a> {
     }
 
     /// Reads one page after the cursor and applies it (or folds it), with the checkpoint,
-    /// stopping at `until` when given. An error discards what was folded and not written.
+    /// stopping at `until` when given.
     pub(crate) async fn step(&mut self, until: Option<u64>) -> Result<Step> {
-        let step = self.read_and_apply(until).await;
-        if step.is_err() {
-            self.discard();
-        }
-        step
-    }
-
-    async fn read_and_apply(&mut self, until: Option<u64>) -> Result<Step> {
         let (mut events, head) = self.read_page().await?;
         let full = events.len() == self.batch_size as usize;
         // A full page ends at its last event; a short one covers everything up to the head
@@ -545,9 +537,8 @@ impl<'a> Runner<'a> {
     }
 
     /// Folds `events` into the projection's state, and writes it when caught up, when it
-    /// holds too many rows, or when the first event folded since the last write is `write_every`
-    /// old. `None` when the
-    /// projection has no state.
+    /// holds too many rows, or when the first event folded since the last write is
+    /// `write_every` old. `None` when the projection has no state.
     async fn fold(
         &mut self,
         events: &[RecordedEvent],
@@ -591,8 +582,17 @@ impl<'a> Runner<'a> {
     }
 
     /// Writes the folded state and moves the checkpoint to the cursor, in one transaction.
-    /// Forgets the state afterwards when caught up (`!full`) or holding too many rows.
+    /// Forgets the state afterwards when caught up (`!full`) or holding too many rows. An
+    /// error discards it: its rows may count as stored though their transaction failed.
     async fn write_folded(&mut self, full: bool) -> Result<Step> {
+        let written = self.try_write_folded(full).await;
+        if written.is_err() {
+            self.discard();
+        }
+        written
+    }
+
+    async fn try_write_folded(&mut self, full: bool) -> Result<Step> {
         let folding = self.folding.as_mut().expect("a state to write");
         let mut tx = self.connection.begin().await?;
         if let Err(error) = folding.state.write(&mut tx, self.projection.schema()).await {
@@ -611,7 +611,6 @@ impl<'a> Runner<'a> {
         .await?;
         if moved {
             tx.rollback().await?;
-            self.discard();
             let position = load_position(self.connection, self.projection.name()).await?;
             return Ok(self.moved_to(position));
         }
@@ -663,11 +662,7 @@ impl<'a> Runner<'a> {
     /// over skipped events.
     pub(crate) async fn flush(&mut self) -> Result<()> {
         if self.pending() > 0 {
-            let step = self.write_folded(false).await;
-            if step.is_err() {
-                self.discard();
-            }
-            step?;
+            self.write_folded(false).await?;
         }
         if self.cursor <= self.stored {
             return Ok(());
