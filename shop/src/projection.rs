@@ -153,23 +153,23 @@ impl ShopState {
                         | ShopEvent::OrderShipped(order_id, _)
                         | ShopEvent::OrderCancelled(order_id, _) => (None, Some(order_id)),
                     };
-                    if let Some(order_id) = order.filter(|_| loading) {
-                        match self.shop.orders.get(order_id) {
-                            // The owner of an order held is needed too (held since, or
-                            // missing from the tables).
-                            Some(held) if !self.shop.users.contains_key(&held.username) => {
-                                usernames.insert(held.username.clone());
-                            }
-                            Some(_) => {}
-                            None => {
-                                order_ids.insert(order_id.clone());
+                    if loading {
+                        if let Some(order_id) = order {
+                            match self.shop.orders.get(order_id) {
+                                // The owner of an order held is needed too (held since, or
+                                // missing from the tables).
+                                Some(held) if !self.shop.users.contains_key(&held.username) => {
+                                    usernames.insert(held.username.clone());
+                                }
+                                Some(_) => {}
+                                None => {
+                                    order_ids.insert(order_id.clone());
+                                }
                             }
                         }
-                    }
-                    if let Some(username) =
-                        user.filter(|u| loading && !self.shop.users.contains_key(*u))
-                    {
-                        usernames.insert(username.clone());
+                        if let Some(username) = user.filter(|u| !self.shop.users.contains_key(*u)) {
+                            usernames.insert(username.clone());
+                        }
                     }
                     changes.push((event, change));
                 }
@@ -216,13 +216,7 @@ impl ShopState {
         self.anomalies.clear();
         Ok(())
     }
-}
 
-fn money(value: Option<Decimal>) -> Option<Money> {
-    value.map(Money)
-}
-
-impl ShopState {
     /// Loads the orders of `ids` that exist; returns their owners.
     async fn load_orders(
         &mut self,
@@ -308,6 +302,10 @@ impl ShopState {
         }
         Ok(())
     }
+}
+
+fn money(value: Option<Decimal>) -> Option<Money> {
+    value.map(Money)
 }
 
 // The loads and updates are planned for each call (`persistent(false)`): a plan kept from

@@ -79,22 +79,42 @@ impl Drop for Feed {
 }
 
 impl Feed {
-    /// A receiver that changes after each page the reader publishes.
-    pub(crate) fn published(&self) -> watch::Receiver<u64> {
-        self.published.clone()
+    /// A view of the feed for one subscription.
+    pub(crate) fn reader(feed: &Arc<Feed>) -> FeedReader {
+        FeedReader {
+            feed: Arc::clone(feed),
+            published: feed.published.clone(),
+        }
     }
+}
 
-    /// Up to `max` events after `after` that `keep` keeps, from the pages kept.
+/// One subscription's view of the feed: its pages, and the last publication it has seen.
+pub(crate) struct FeedReader {
+    feed: Arc<Feed>,
+    published: watch::Receiver<u64>,
+}
+
+impl FeedReader {
+    /// Up to `max` events after `after` that `keep` keeps, from the pages kept. What is
+    /// published from here on counts as new for [`FeedReader::next_page`].
     pub(crate) fn take(
-        &self,
+        &mut self,
         after: u64,
         max: usize,
         keep: impl Fn(&RecordedEvent) -> bool,
     ) -> Take {
-        self.pages
+        self.published.borrow_and_update();
+        self.feed
+            .pages
             .lock()
             .expect("feed lock is never poisoned")
             .take(after, max, keep)
+    }
+
+    /// Waits for a page published since the last take; false when the feed's reader has
+    /// stopped (on an error that retrying cannot fix).
+    pub(crate) async fn next_page(&mut self) -> bool {
+        self.published.changed().await.is_ok()
     }
 }
 

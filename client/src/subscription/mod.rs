@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 mod feed;
 
 pub(crate) use feed::SharedFeed;
-use feed::{Feed, Take};
+use feed::{Feed, FeedReader, Take};
 
 use crate::read::{check_page_size, read_all_with_head, Cursor, Source};
 use crate::retry::{wait_for_events, Backoff, Woken};
@@ -281,11 +281,10 @@ struct Follow {
     failed: bool,
     /// The store's shared reader, for global-log targets: once caught up, events come from
     /// its pages instead of reads of their own.
-    feed: Option<Arc<Feed>>,
-    /// Changes after each page the feed publishes.
-    published: Option<watch::Receiver<u64>>,
-    /// The last read of its own found the head (a page that was not full), or the last
-    /// take from the feed found events: the feed may serve the next ones.
+    feed: Option<FeedReader>,
+    /// The last read of its own found the head (a page that was not full), and the feed
+    /// has not turned out to be behind the checkpoint since: the feed may serve the next
+    /// events.
     on_feed: bool,
 }
 
@@ -341,8 +340,7 @@ impl Follow {
             recheck: None,
             recheck_for: 0,
             failed: false,
-            published: feed.as_ref().map(|feed| feed.published()),
-            feed,
+            feed: feed.as_ref().map(Feed::reader),
             on_feed: false,
         }
     }
@@ -415,7 +413,7 @@ impl Follow {
     /// `Some(false)` when nothing came, `None` when the feed does not reach back to the
     /// checkpoint (reads of its own then catch up, and come back to the feed).
     async fn take_from_feed(&mut self) -> Option<bool> {
-        let (Some(feed), Some(published)) = (&self.feed, &mut self.published) else {
+        let Some(feed) = &mut self.feed else {
             self.on_feed = false;
             return None;
         };
@@ -427,7 +425,6 @@ impl Follow {
         else {
             unreachable!("the feed serves global-log targets");
         };
-        published.borrow_and_update();
         let keep = |event: &RecordedEvent| {
             event_types
                 .as_ref()
@@ -447,13 +444,12 @@ impl Follow {
                 None
             }
             Take::Nothing => {
-                match tokio::time::timeout(self.poll_interval, published.changed()).await {
-                    Ok(Ok(())) => Some(true),
-                    Ok(Err(_)) => {
+                match tokio::time::timeout(self.poll_interval, feed.next_page()).await {
+                    Ok(true) => Some(true),
+                    Ok(false) => {
                         // The feed's reader stopped (an error retrying cannot fix): read on
                         // our own from now on, which reports it.
                         self.feed = None;
-                        self.published = None;
                         self.on_feed = false;
                         None
                     }
