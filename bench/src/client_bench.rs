@@ -180,7 +180,8 @@ async fn writers(store: &EventStore, duration: Duration) -> (f64, HashMap<u64, I
     (rate, committed)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+/// The `p` quantile of sorted durations (nearest rank).
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index]
 }

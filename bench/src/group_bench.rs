@@ -13,6 +13,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+use crate::client_bench::percentile;
+
 const DATABASE: &str = "bench_group";
 const BATCH: u32 = 500;
 
@@ -193,11 +195,10 @@ async fn latency(store: &EventStore, probes: usize) {
         ("subscription to all (baseline)", by_subscription),
     ] {
         latencies.sort_unstable();
-        let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
         println!(
             "  delivery latency, {label}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({probes} probes)",
-            ms(at(0.5)),
-            ms(at(0.99)),
+            ms(percentile(&latencies, 0.5)),
+            ms(percentile(&latencies, 0.99)),
             ms(latencies[latencies.len() - 1]),
         );
     }
