@@ -42,8 +42,8 @@ use pg_eventstore_client::projection::{
     self, Daemon, DaemonOptions, Progress, Projection, ReplayUntil,
 };
 use pg_eventstore_client::{
-    AppliedMigration, EventData, EventStore, ExpectedVersion, ReadAllOptions, ReadStreamOptions,
-    SubscriptionOptions,
+    AppliedMigration, EventData, EventStore, ExpectedVersion, Install, ReadAllOptions,
+    ReadStreamOptions, SubscriptionOptions,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -77,8 +77,10 @@ pub enum Command {
     /// time, and another takes over when that one stops or dies.
     Run(RunArgs),
     /// Apply the migrations not yet applied: the store's (the extension, the projection
-    /// checkpoints), then this program's read models.
-    Migrate,
+    /// checkpoints), then this program's read models. A database without the store gets
+    /// the extension when the server offers it (pg_available_extensions), and the portable
+    /// form (plain SQL and PL/pgSQL, installed by the database's owner) otherwise.
+    Migrate(MigrateArgs),
     /// Append events to a stream.
     Append(AppendArgs),
     /// Print events of a stream, a category or the global log.
@@ -95,6 +97,17 @@ pub enum Command {
     Stats(StatsArgs),
     /// List persistent subscription groups, or inspect and settle their parked events.
     Groups(GroupsArgs),
+    /// Print the portable install script (plain SQL and PL/pgSQL, for servers where the
+    /// extension cannot be installed), as committed in sql/portable/.
+    PortableSql,
+}
+
+/// The options of `migrate`.
+#[derive(Args)]
+pub struct MigrateArgs {
+    /// Install the portable form even where the extension is available.
+    #[arg(long)]
+    portable: bool,
 }
 
 /// The options of `run`.
@@ -369,9 +382,10 @@ impl App {
     pub async fn migrate(
         &self,
         store: &EventStore,
+        install: Install,
     ) -> Result<Vec<(&'static str, AppliedMigration)>> {
         let mut applied: Vec<_> = store
-            .migrate()
+            .migrate_with(install)
             .await?
             .into_iter()
             .map(|migration| (pg_eventstore_client::HISTORY_TABLE, migration))
@@ -397,11 +411,20 @@ impl App {
 
     /// Runs one generic subcommand.
     pub async fn execute(&self, global: &GlobalArgs, command: Command) -> Result<()> {
+        if let Command::PortableSql = command {
+            print!("{}", pg_eventstore_client::portable::install_script()?);
+            return Ok(());
+        }
         let store = self.connect(global).await?;
         match command {
             Command::Run(args) => self.daemon(store, args).await,
-            Command::Migrate => {
-                let applied = self.migrate(&store).await?;
+            Command::Migrate(args) => {
+                let install = if args.portable {
+                    Install::Portable
+                } else {
+                    Install::Auto
+                };
+                let applied = self.migrate(&store, install).await?;
                 if applied.is_empty() {
                     println!("the database is up to date");
                 }
@@ -431,6 +454,7 @@ impl App {
                 Ok(())
             }
             Command::Groups(args) => groups(&store, args).await,
+            Command::PortableSql => unreachable!("printed before connecting"),
         }
     }
 
@@ -455,7 +479,7 @@ impl App {
     async fn daemon(&self, store: EventStore, args: RunArgs) -> Result<()> {
         let shutdown = shutdown_signal();
         if args.migrate {
-            for (set, migration) in self.migrate(&store).await? {
+            for (set, migration) in self.migrate(&store, Install::Auto).await? {
                 tracing::info!(set, version = migration.version, name = %migration.name, "applied migration");
             }
         }

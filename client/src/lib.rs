@@ -94,6 +94,7 @@ mod expected_version;
 mod group;
 mod health;
 mod migrations;
+pub mod portable;
 pub mod projection;
 mod read;
 mod retry;
@@ -108,7 +109,7 @@ pub use group::{
     HandlerError, ParkedEvent, StatsHandle,
 };
 pub use health::{Health, InFlightTransaction};
-pub use migrations::{AppliedMigration, HISTORY_TABLE};
+pub use migrations::{AppliedMigration, Form, Install, HISTORY_TABLE};
 pub use read::{EventStream, ReadAllOptions, ReadStreamOptions, MAX_PAGE_SIZE};
 pub use store::EventStore;
 pub use subscription::{Subscription, SubscriptionOptions, CHANNEL};

@@ -39,9 +39,87 @@ const MOVED_MIGRATIONS: [(i32, &str); 3] = [
     (5, "pg_eventstore_0_3_0"),
 ];
 
-/// The store's own migrations, for [`crate::EventStore::migrate`].
-pub(crate) fn store_runner() -> refinery::Runner {
+/// The store's own migrations as they run where the extension is installed.
+fn extension_runner() -> refinery::Runner {
     migrations::runner()
+}
+
+/// The store's own migrations as they run on a portable database: the same versions and
+/// names, the extension's steps replaced by the portable install ([`crate::portable`]).
+/// Their checksums differ from the extension's, so refinery refuses to run one set on a
+/// database the other set installed.
+fn portable_runner() -> Result<refinery::Runner> {
+    let mut portable = Vec::new();
+    for migration in extension_runner().get_migrations() {
+        let sql =
+            crate::portable::migration_sql(migration.version(), migration.sql().unwrap_or(""))?;
+        let name = format!("V{}__{}", migration.version(), migration.name());
+        portable.push(Migration::unapplied(&name, &sql).map_err(Error::Migration)?);
+    }
+    Ok(refinery::Runner::new(&portable))
+}
+
+/// Which form of the store [`crate::EventStore::migrate_with`] installs in a database that
+/// has neither yet. A database that has one keeps it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Install {
+    /// The extension when the server offers it (`pg_available_extensions`), the portable
+    /// form otherwise.
+    #[default]
+    Auto,
+    /// The portable form, even where the extension is available.
+    Portable,
+}
+
+/// The form of the store in a database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// The `pg_eventstore` extension (a C library; needs a superuser to install).
+    Extension,
+    /// Schema `eventstore` in plain SQL and PL/pgSQL, installed by the database's owner.
+    Portable,
+}
+
+/// The form of the store in the connected database, if it has one.
+pub(crate) async fn installed_form(connection: &mut PgConnection) -> Result<Option<Form>> {
+    let (extension, schema): (bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_eventstore'), \
+                pg_catalog.to_regnamespace('eventstore') IS NOT NULL",
+    )
+    .fetch_one(&mut *connection)
+    .await?;
+    Ok(match (extension, schema) {
+        (true, _) => Some(Form::Extension),
+        (false, true) => Some(Form::Portable),
+        (false, false) => None,
+    })
+}
+
+/// The form the store's migrations install or keep, and why.
+async fn choose_form(connection: &mut PgConnection, install: Install) -> Result<Form> {
+    let installed = installed_form(connection).await?;
+    match (installed, install) {
+        (Some(Form::Extension), Install::Portable) => Err(Error::InvalidArgument(
+            "the database has the pg_eventstore extension; the portable form installs only \
+             where the store is not installed yet"
+                .to_owned(),
+        )),
+        (Some(form), _) => Ok(form),
+        (None, Install::Portable) => Ok(Form::Portable),
+        (None, Install::Auto) => {
+            let available: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT FROM pg_catalog.pg_available_extensions \
+                                WHERE name = 'pg_eventstore')",
+            )
+            .fetch_one(&mut *connection)
+            .await?;
+            Ok(if available {
+                Form::Extension
+            } else {
+                Form::Portable
+            })
+        }
+    }
 }
 
 /// A migration applied by [`crate::EventStore::migrate`].
@@ -126,19 +204,33 @@ fn check_table_name(name: &str) -> Result<()> {
     }
 }
 
-/// Applies the migrations of `runner` not yet recorded in `history_table`, one transaction
+/// A set of migrations to apply.
+pub(crate) enum MigrationSet<'a> {
+    /// The store's own, in the form the database has or `Install` chooses.
+    Store(Install),
+    /// An application's, recorded in a history table of its own.
+    Other(refinery::Runner, &'a str),
+}
+
+/// Applies the migrations of `set` not yet recorded in its history table, one transaction
 /// each, holding an advisory lock so concurrent callers take turns.
 pub(crate) async fn run(
     connection: &mut PgConnection,
-    runner: refinery::Runner,
-    history_table: &str,
+    set: MigrationSet<'_>,
 ) -> Result<Vec<AppliedMigration>> {
-    check_table_name(history_table)?;
+    if let MigrationSet::Other(_, history_table) = &set {
+        check_table_name(history_table)?;
+    }
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(MIGRATION_LOCK)
         .execute(&mut *connection)
         .await?;
-    let report = run_locked(connection, runner, history_table).await;
+    let report = match set {
+        MigrationSet::Store(install) => run_store(connection, install).await,
+        MigrationSet::Other(runner, history_table) => {
+            run_locked(connection, runner, history_table).await
+        }
+    };
     let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(MIGRATION_LOCK)
         .execute(&mut *connection)
@@ -153,6 +245,15 @@ pub(crate) async fn run(
             name: m.name().to_owned(),
         })
         .collect())
+}
+
+/// The store's set, under the migration lock.
+async fn run_store(connection: &mut PgConnection, install: Install) -> Result<refinery::Report> {
+    let runner = match choose_form(connection, install).await? {
+        Form::Extension => extension_runner(),
+        Form::Portable => portable_runner()?,
+    };
+    run_locked(connection, runner, HISTORY_TABLE).await
 }
 
 async fn run_locked(

@@ -10,8 +10,9 @@ use crate::subscription::{
     Listener, SharedFeed, SharedListener, Subscription, SubscriptionOptions, Target,
 };
 use crate::{
-    migrations, AppendResult, AppliedMigration, Error, EventData, EventStream, ExpectedVersion,
-    ReadAllOptions, ReadStreamOptions, Result,
+    migrations::{self, Form, Install, MigrationSet},
+    AppendResult, AppliedMigration, Error, EventData, EventStream, ExpectedVersion, ReadAllOptions,
+    ReadStreamOptions, Result,
 };
 use std::sync::Arc;
 
@@ -71,9 +72,24 @@ impl EventStore {
     /// transaction, and returns those it applied. Concurrent callers take turns on an
     /// advisory lock. It creates nothing else: read models come with their own sets
     /// ([`EventStore::migrate_set`]).
+    ///
+    /// A database without the store gets the extension when the server offers it, and the
+    /// portable form ([`crate::portable`]) otherwise; [`EventStore::migrate_with`] chooses.
     pub async fn migrate(&self) -> Result<Vec<AppliedMigration>> {
-        self.migrate_set(migrations::store_runner(), migrations::HISTORY_TABLE)
-            .await
+        self.migrate_with(Install::Auto).await
+    }
+
+    /// [`EventStore::migrate`], with the form a database without the store gets. A database
+    /// that has the store keeps its form; asking for the portable form where the extension
+    /// is installed is an error.
+    pub async fn migrate_with(&self, install: Install) -> Result<Vec<AppliedMigration>> {
+        self.run_migrations(MigrationSet::Store(install)).await
+    }
+
+    /// The form of the store in this database, or `None` before it is installed.
+    pub async fn installed_form(&self) -> Result<Option<Form>> {
+        let mut connection = self.pool.acquire().await?;
+        migrations::installed_form(&mut connection).await
     }
 
     /// Applies another set of refinery migrations (an application's read models, embedded
@@ -87,8 +103,13 @@ impl EventStore {
     ) -> Result<Vec<AppliedMigration>> {
         // A connection of its own, so the session-level lock cannot outlive a cancelled call
         // inside the pool.
+        self.run_migrations(MigrationSet::Other(runner, history_table))
+            .await
+    }
+
+    async fn run_migrations(&self, set: MigrationSet<'_>) -> Result<Vec<AppliedMigration>> {
         let mut connection = PgConnection::connect_with(&self.pool.connect_options()).await?;
-        let applied = migrations::run(&mut connection, runner, history_table).await;
+        let applied = migrations::run(&mut connection, set).await;
         let _ = connection.close().await;
         applied
     }

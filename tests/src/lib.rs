@@ -410,3 +410,83 @@ impl Drop for Cluster {
             .status();
     }
 }
+
+/// The store's objects (the extension's, or the portable form's), one line each, in a
+/// stable order: functions with their definitions, tables, columns, constraints, indexes,
+/// views, triggers, types, comments, grants and extension membership.
+pub async fn catalog(pool: &PgPool) -> std::collections::BTreeSet<String> {
+    const QUERIES: &[&str] = &[
+        "SELECT 'extension ' || extversion || ' schema ' || extnamespace::regnamespace \
+                || ' relocatable ' || extrelocatable \
+         FROM pg_extension WHERE extname = 'pg_eventstore'",
+        "SELECT 'dumped ' || c::regclass::text || ' where ' || coalesce(w, '') \
+         FROM pg_extension, unnest(extconfig, extcondition) AS u(c, w) \
+         WHERE extname = 'pg_eventstore'",
+        "SELECT 'member ' || pg_describe_object(classid, objid, objsubid) FROM pg_depend \
+         WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e' \
+           AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_eventstore')",
+        "SELECT 'schema comment ' || coalesce(obj_description('eventstore'::regnamespace, \
+                'pg_namespace'), '-')",
+        "SELECT 'function ' || p.oid::regprocedure::text || ' volatile ' || p.provolatile::text \
+                || ' parallel ' || p.proparallel::text || ' strict ' || p.proisstrict \
+                || ' security definer ' || p.prosecdef \
+                || ' config ' || coalesce(p.proconfig::text, '-') \
+                || ' acl ' || coalesce(p.proacl::text, 'default') \
+                || ' comment ' || coalesce(obj_description(p.oid, 'pg_proc'), '-') \
+                || E'\\n' || pg_get_functiondef(p.oid) \
+         FROM pg_proc p WHERE p.pronamespace = 'eventstore'::regnamespace",
+        "SELECT 'relation ' || c.relname || ' kind ' || c.relkind::text \
+                || ' persistence ' || c.relpersistence::text \
+                || ' acl ' || coalesce(c.relacl::text, 'default') \
+                || ' options ' || coalesce(c.reloptions::text, '-') \
+                || ' comment ' || coalesce(obj_description(c.oid, 'pg_class'), '-') \
+         FROM pg_class c WHERE c.relnamespace = 'eventstore'::regnamespace",
+        "SELECT 'column ' || c.relname || ' #' \
+                || row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum) \
+                || ' ' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod) \
+                || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END \
+                || ' default ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '-') \
+                || ' identity ' || a.attidentity::text || ' generated ' || a.attgenerated::text \
+                || ' collation ' || a.attcollation::regcollation::text \
+                || ' acl ' || coalesce(a.attacl::text, 'default') \
+                || ' comment ' || coalesce(col_description(c.oid, a.attnum), '-') \
+         FROM pg_class c \
+         JOIN pg_attribute a ON a.attrelid = c.oid \
+         LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum \
+         WHERE c.relnamespace = 'eventstore'::regnamespace AND a.attnum > 0 \
+           AND NOT a.attisdropped",
+        "SELECT 'constraint ' || conrelid::regclass::text || ' ' || conname || ' ' \
+                || pg_get_constraintdef(oid) \
+                || ' comment ' || coalesce(obj_description(oid, 'pg_constraint'), '-') \
+         FROM pg_constraint WHERE connamespace = 'eventstore'::regnamespace",
+        "SELECT 'index ' || pg_get_indexdef(i.indexrelid) \
+         FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         WHERE c.relnamespace = 'eventstore'::regnamespace",
+        "SELECT 'view ' || c.relname || E'\\n' || pg_get_viewdef(c.oid) \
+         FROM pg_class c \
+         WHERE c.relnamespace = 'eventstore'::regnamespace AND c.relkind IN ('v', 'm')",
+        "SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' enabled ' || t.tgenabled::text \
+                || ' comment ' || coalesce(obj_description(t.oid, 'pg_trigger'), '-') \
+         FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+         WHERE c.relnamespace = 'eventstore'::regnamespace AND NOT t.tgisinternal",
+        "SELECT 'type ' || t.typname || ' ' || t.typtype::text \
+                || ' comment ' || coalesce(obj_description(t.oid, 'pg_type'), '-') \
+         FROM pg_type t WHERE t.typnamespace = 'eventstore'::regnamespace",
+        "SELECT 'sequence ' || s.seqrelid::regclass::text || ' ' || s.seqtypid::regtype::text \
+                || ' ' || s.seqstart || ' ' || s.seqincrement || ' ' || s.seqmax \
+         FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid \
+         WHERE c.relnamespace = 'eventstore'::regnamespace",
+        "SELECT 'policy ' || polname || ' on ' || polrelid::regclass::text \
+         FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid \
+         WHERE c.relnamespace = 'eventstore'::regnamespace",
+    ];
+    let mut lines = std::collections::BTreeSet::new();
+    for query in QUERIES {
+        let rows: Vec<String> = sqlx::query_scalar(query)
+            .fetch_all(pool)
+            .await
+            .unwrap_or_else(|error| panic!("{query}: {error}"));
+        lines.extend(rows);
+    }
+    lines
+}

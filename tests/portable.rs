@@ -1,0 +1,342 @@
+//! The portable form (plain SQL and PL/pgSQL, `pg_eventstore_client::portable`): installed by
+//! a database owner who is not superuser with `eventstore migrate --portable`, with the
+//! extension's catalog and the extension's errors.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::str::FromStr;
+
+use futures_util::TryStreamExt;
+use pg_eventstore_client::{EventData, EventStore, ExpectedVersion, Form, ReadAllOptions};
+use pg_eventstore_tests::{catalog, eventstore_bin, TestDb};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+/// The portable form's own internals, which the extension implements inside its C functions.
+const PORTABLE_ONLY: [&str; 4] = [
+    "eventstore._append(text,jsonb,bigint,boolean,text)",
+    "eventstore._insert_events(text,jsonb,bigint,bigint)",
+    "eventstore._parse_uuid(text)",
+    "eventstore._uuid_v7()",
+];
+
+/// A database owned by a new login role with no other privilege (no superuser, no
+/// CREATEROLE), the way managed PostgreSQL hands out databases; and that role's URL.
+async fn owned_database(db: &TestDb) -> (String, String) {
+    let owner = format!("owner_{}", &db.name[8..20]);
+    sqlx::query(&format!("CREATE ROLE {owner} LOGIN"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!("ALTER DATABASE {} OWNER TO {owner}", db.name))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let options = PgConnectOptions::from_str(&db.url()).unwrap();
+    let url = format!(
+        "postgres://{owner}@{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        db.name
+    );
+    (owner, url)
+}
+
+async fn drop_owned(db: TestDb, owner: &str) {
+    let admin = db.url().replace(&format!("/{}", db.name), "/postgres");
+    db.drop_database().await;
+    let pool = PgPoolOptions::new().connect(&admin).await.unwrap();
+    sqlx::query(&format!("DROP ROLE {owner}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+fn migrate(url: &str, args: &[&str]) -> String {
+    let output = Command::new(eventstore_bin())
+        .arg("migrate")
+        .args(args)
+        .env("DATABASE_URL", url)
+        .output()
+        .expect("eventstore runs");
+    assert!(
+        output.status.success(),
+        "eventstore migrate {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn a_database_owner_without_superuser_installs_the_portable_form_and_uses_it() {
+    let db = TestDb::empty(2).await;
+    let (owner, url) = owned_database(&db).await;
+
+    let applied = migrate(&url, &["--portable"]);
+    for version in ["V1__", "V4__", "V6__", "V7__"] {
+        assert!(applied.contains(version), "{version} applied: {applied}");
+    }
+    assert!(migrate(&url, &[]).contains("the database is up to date"));
+
+    let store = EventStore::connect(&url).await.unwrap();
+    assert_eq!(store.installed_form().await.unwrap(), Some(Form::Portable));
+    let owner_of: String = sqlx::query_scalar(
+        "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'eventstore.events'::regclass",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(owner_of, owner);
+    let mode: String = sqlx::query_scalar("SELECT eventstore.wakeup_mode()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(mode, "notifier");
+
+    let first = store
+        .append(
+            "order-1",
+            ExpectedVersion::NoStream,
+            vec![EventData::json("placed", serde_json::json!({"total": 3}))],
+        )
+        .await
+        .unwrap();
+    let second = store
+        .append(
+            "order-1",
+            ExpectedVersion::Exact(0),
+            vec![
+                EventData::json("paid", serde_json::json!({})),
+                EventData::json("shipped", serde_json::json!({})),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!((second.first_version, second.last_version), (1, 2));
+    assert!(second.first_position > first.last_position);
+    let conflict = store
+        .append(
+            "order-1",
+            ExpectedVersion::Exact(0),
+            vec![EventData::json("paid", serde_json::json!({}))],
+        )
+        .await;
+    assert!(
+        matches!(
+            conflict,
+            Err(pg_eventstore_client::Error::WrongExpectedVersion { .. })
+        ),
+        "{conflict:?}"
+    );
+    let all: Vec<String> = store
+        .read_all(ReadAllOptions::default())
+        .map_ok(|e| e.event_type)
+        .try_collect()
+        .await
+        .unwrap();
+    let types: Vec<&str> = all.iter().map(String::as_str).collect();
+    assert_eq!(types, ["placed", "paid", "shipped"]);
+    store.pool().close().await;
+    drop_owned(db, &owner).await;
+}
+
+/// The catalog of a database, with the owner's name taken out of its grants, and for each
+/// function the portable form replaces, only what callers see of it.
+async fn comparable_catalog(
+    pool: &PgPool,
+    owner: &str,
+    replaced: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    catalog(pool)
+        .await
+        .into_iter()
+        .filter(|line| {
+            !line.starts_with("extension ")
+                && !line.starts_with("member ")
+                && !line.starts_with("dumped ")
+        })
+        .filter(|line| {
+            !PORTABLE_ONLY
+                .iter()
+                .any(|f| line.starts_with(&format!("function {f} ")))
+        })
+        .map(|line| {
+            line.replace(&format!("{owner}="), "OWNER=")
+                .replace(&format!("/{owner}"), "/OWNER")
+        })
+        .map(|line| {
+            match replaced
+                .iter()
+                .find(|f| line.starts_with(&format!("function {f} ")))
+            {
+                // Language, body, SECURITY DEFINER and search_path are the implementation's.
+                Some(_) => {
+                    let head = line.lines().next().unwrap_or_default().to_owned();
+                    let cut = |head: &str, from: &str, to: &str| -> String {
+                        match (head.find(from), head.find(to)) {
+                            (Some(a), Some(b)) if a < b => format!("{}{}", &head[..a], &head[b..]),
+                            _ => head.to_owned(),
+                        }
+                    };
+                    cut(&head, " security definer ", " acl ")
+                }
+                None => line,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_portable_catalog_is_the_extensions() {
+    let native = TestDb::new(2).await;
+    let db = TestDb::empty(2).await;
+    let (owner, url) = owned_database(&db).await;
+    migrate(&url, &["--portable"]);
+    let portable = PgPoolOptions::new().connect(&url).await.unwrap();
+
+    let replaced: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p \
+         WHERE p.pronamespace = 'eventstore'::regnamespace AND p.prolang = \
+               (SELECT oid FROM pg_language WHERE lanname = 'c')",
+    )
+    .fetch_all(&native.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    assert!(
+        replaced.contains("eventstore.append(text,jsonb,bigint)"),
+        "{replaced:?}"
+    );
+    let native_owner: String = sqlx::query_scalar(
+        "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'eventstore'",
+    )
+    .fetch_one(&native.pool)
+    .await
+    .unwrap();
+    let expected = comparable_catalog(&native.pool, &native_owner, &replaced).await;
+    let got = comparable_catalog(&portable, &owner, &replaced).await;
+    assert!(
+        expected.len() > 100,
+        "the catalog query sees the store: {expected:?}"
+    );
+    let missing: Vec<&String> = expected.difference(&got).collect();
+    let extra: Vec<&String> = got.difference(&expected).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "the portable catalog differs from the extension's\nonly in the extension:\n{}\nonly in the portable form:\n{}",
+        missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+        extra.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+    );
+    portable.close().await;
+    native.drop_database().await;
+    drop_owned(db, &owner).await;
+}
+
+/// What a failed statement reports: SQLSTATE, message, detail and hint.
+async fn failure(pool: &PgPool, sql: &str) -> String {
+    match sqlx::raw_sql(sql).execute(pool).await {
+        Ok(_) => "succeeded".to_owned(),
+        Err(sqlx::Error::Database(error)) => {
+            let error = error.downcast_ref::<sqlx::postgres::PgDatabaseError>();
+            format!(
+                "{} {} | {} | {}",
+                error.code(),
+                error.message(),
+                error.detail().unwrap_or("-"),
+                error.hint().unwrap_or("-")
+            )
+        }
+        Err(other) => panic!("{sql}: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_same_error_from_both_forms_and_writes_nothing() {
+    let native = TestDb::new(2).await;
+    let db = TestDb::empty(2).await;
+    let (owner, url) = owned_database(&db).await;
+    migrate(&url, &["--portable"]);
+    let portable = PgPoolOptions::new().connect(&url).await.unwrap();
+    let setup = "SELECT eventstore.append('order-1', \
+                 '[{\"type\": \"placed\", \"data\": {}, \"id\": \"0190e4a2-7a6b-7c3d-8e9f-0123456789ab\"}]')";
+    for pool in [&native.pool, &portable] {
+        sqlx::raw_sql(setup).execute(pool).await.unwrap();
+    }
+    let long = "x".repeat(1025);
+    let cases = [
+        "SELECT eventstore.append(NULL, '[]')".to_owned(),
+        "SELECT eventstore.append('', '[]')".to_owned(),
+        format!("SELECT eventstore.append('{long}', '[]')"),
+        "SELECT eventstore.append('s', NULL)".to_owned(),
+        "SELECT eventstore.append('s', '[{\"type\": \"a\", \"data\": 1}]', -3)".to_owned(),
+        "SELECT eventstore.append('s', '{}')".to_owned(),
+        "SELECT eventstore.append('s', '\"x\"')".to_owned(),
+        "SELECT eventstore.append('s', '[]')".to_owned(),
+        "SELECT eventstore.append('s', '[1]')".to_owned(),
+        "SELECT eventstore.append('s', '[{\"data\": 1}]')".to_owned(),
+        "SELECT eventstore.append('s', '[{\"type\": 7, \"data\": 1}]')".to_owned(),
+        "SELECT eventstore.append('s', '[{\"type\": \"\", \"data\": 1}]')".to_owned(),
+        format!("SELECT eventstore.append('s', '[{{\"type\": \"{long}\", \"data\": 1}}]')"),
+        "SELECT eventstore.append('s', '[{\"type\": \"a\"}]')".to_owned(),
+        "SELECT eventstore.append('s', '[{\"type\": \"a\", \"data\": 1, \"metadata\": []}]')".to_owned(),
+        "SELECT eventstore.append('s', '[{\"type\": \"a\", \"data\": 1, \"id\": 5}]')".to_owned(),
+        "SELECT eventstore.append('s', '[{\"type\": \"a\", \"data\": 1, \"id\": \"nope\"}]')".to_owned(),
+        "SELECT eventstore.append('s', '[{\"type\": \"a\", \"data\": 1, \"extra\": true}]')".to_owned(),
+        "SELECT eventstore.append('s', '[{\"type\": \"a\", \"data\": 1}, {\"type\": \"b\"}]')".to_owned(),
+        "SELECT eventstore.append('s', '[{\"type\": \"a\", \"data\": 1, \"id\": \"0190e4a2-7a6b-7c3d-8e9f-0123456789ac\"}, \
+         {\"type\": \"b\", \"data\": 1, \"id\": \"0190E4A2-7A6B-7C3D-8E9F-0123456789AC\"}]')".to_owned(),
+        "SELECT eventstore.append('order-1', '[{\"type\": \"a\", \"data\": 1}]', 5)".to_owned(),
+        "SELECT eventstore.append('order-1', '[{\"type\": \"a\", \"data\": 1}]', -1)".to_owned(),
+        "SELECT eventstore.append('order-2', '[{\"type\": \"a\", \"data\": 1}]', -2)".to_owned(),
+        "SELECT eventstore.append('order-2', '[{\"type\": \"a\", \"data\": 1, \"id\": \"0190e4a2-7a6b-7c3d-8e9f-0123456789ab\"}]')".to_owned(),
+        "SELECT * FROM eventstore.read_stream('order-1', -2)".to_owned(),
+        "SELECT * FROM eventstore.read_stream('order-1', -1, 10, false)".to_owned(),
+        "SELECT * FROM eventstore.read_stream(NULL)".to_owned(),
+        "SELECT * FROM eventstore.read_all(-1)".to_owned(),
+        "SELECT * FROM eventstore.read_all(0, 100001)".to_owned(),
+        "SELECT * FROM eventstore.read_all(0, NULL)".to_owned(),
+        "SELECT * FROM eventstore.read_category('order-1')".to_owned(),
+        "SELECT * FROM eventstore.read_category('')".to_owned(),
+        "SELECT * FROM eventstore.read_category('order', 0, 10, 1, NULL)".to_owned(),
+        "SELECT * FROM eventstore.read_category('order', 0, 10, 3, 2)".to_owned(),
+        "UPDATE eventstore.events SET type = 'x'".to_owned(),
+        "DELETE FROM eventstore.events".to_owned(),
+    ];
+    let mut differences = Vec::new();
+    for sql in &cases {
+        let expected = failure(&native.pool, sql).await;
+        let got = failure(&portable, sql).await;
+        assert!(
+            !expected.starts_with("succeeded"),
+            "{sql} fails on the extension"
+        );
+        if expected != got {
+            differences.push(format!(
+                "{sql}\n  extension: {expected}\n  portable:  {got}"
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    // A conflict through try_append is data, and a retry of a stored event is recognised.
+    for sql in [
+        "SELECT t::text FROM eventstore.try_append('order-1', '[{\"type\": \"a\", \"data\": 1}]', 5) AS t",
+        "SELECT (t.first_version, t.last_version, t.current_version)::text \
+         FROM eventstore.try_append('order-1', \
+              '[{\"type\": \"placed\", \"data\": {}, \"id\": \"0190e4a2-7a6b-7c3d-8e9f-0123456789ab\"}]', -1) AS t",
+    ] {
+        let expected: String = sqlx::query_scalar(sql).fetch_one(&native.pool).await.unwrap();
+        let got: String = sqlx::query_scalar(sql).fetch_one(&portable).await.unwrap();
+        assert_eq!(got, expected, "{sql}");
+    }
+    for pool in [&native.pool, &portable] {
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM eventstore.events")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(stored, 1, "only the setup's event is stored");
+    }
+    portable.close().await;
+    native.drop_database().await;
+    drop_owned(db, &owner).await;
+}
