@@ -186,13 +186,44 @@ async fn comparable_catalog(
         .collect()
 }
 
+/// A database with the extension beside one with the portable form, installed by its owner.
+struct Pair {
+    native: TestDb,
+    db: TestDb,
+    owner: String,
+    portable: PgPool,
+}
+
+impl Pair {
+    async fn new() -> Pair {
+        let native = TestDb::new(2).await;
+        let db = TestDb::empty(2).await;
+        let (owner, url) = owned_database(&db).await;
+        migrate(&url, &["--portable"]);
+        let portable = PgPoolOptions::new().connect(&url).await.unwrap();
+        Pair {
+            native,
+            db,
+            owner,
+            portable,
+        }
+    }
+
+    async fn drop(self) {
+        self.portable.close().await;
+        self.native.drop_database().await;
+        drop_owned(self.db, &self.owner).await;
+    }
+}
+
 #[tokio::test]
 async fn the_portable_catalog_is_the_extensions() {
-    let native = TestDb::new(2).await;
-    let db = TestDb::empty(2).await;
-    let (owner, url) = owned_database(&db).await;
-    migrate(&url, &["--portable"]);
-    let portable = PgPoolOptions::new().connect(&url).await.unwrap();
+    let Pair {
+        native,
+        db,
+        owner,
+        portable,
+    } = Pair::new().await;
 
     let replaced: BTreeSet<String> = sqlx::query_scalar(
         "SELECT p.oid::regprocedure::text FROM pg_proc p \
@@ -228,9 +259,14 @@ async fn the_portable_catalog_is_the_extensions() {
         missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
         extra.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
     );
-    portable.close().await;
-    native.drop_database().await;
-    drop_owned(db, &owner).await;
+    Pair {
+        native,
+        db,
+        owner,
+        portable,
+    }
+    .drop()
+    .await;
 }
 
 /// What a failed statement reports: SQLSTATE, message, detail and hint.
@@ -253,11 +289,12 @@ async fn failure(pool: &PgPool, sql: &str) -> String {
 
 #[tokio::test]
 async fn bad_input_gets_the_same_error_from_both_forms_and_writes_nothing() {
-    let native = TestDb::new(2).await;
-    let db = TestDb::empty(2).await;
-    let (owner, url) = owned_database(&db).await;
-    migrate(&url, &["--portable"]);
-    let portable = PgPoolOptions::new().connect(&url).await.unwrap();
+    let Pair {
+        native,
+        db,
+        owner,
+        portable,
+    } = Pair::new().await;
     let setup = "SELECT eventstore.append('order-1', \
                  '[{\"type\": \"placed\", \"data\": {}, \"id\": \"0190e4a2-7a6b-7c3d-8e9f-0123456789ab\"}]')";
     for pool in [&native.pool, &portable] {
@@ -336,7 +373,12 @@ async fn bad_input_gets_the_same_error_from_both_forms_and_writes_nothing() {
             .unwrap();
         assert_eq!(stored, 1, "only the setup's event is stored");
     }
-    portable.close().await;
-    native.drop_database().await;
-    drop_owned(db, &owner).await;
+    Pair {
+        native,
+        db,
+        owner,
+        portable,
+    }
+    .drop()
+    .await;
 }
