@@ -46,7 +46,6 @@ pub fn install_script() -> Result<String> {
 
 /// The portable install script of [`FIRST_VERSION`], what a portable database's V1 runs.
 pub(crate) fn first_install_script() -> Result<String> {
-    debug_assert_eq!(FIRST_VERSION, "0.5.0");
     build_install(FIRST_VERSION, RELEASED_0_5_0, REPLACEMENTS)
 }
 

@@ -104,6 +104,7 @@ DECLARE
     first_position bigint;
     stored record;
     result eventstore.append_attempt;
+    read_committed boolean := current_setting('transaction_isolation') = 'read committed';
 BEGIN
     IF pg_is_in_recovery() THEN
         RAISE EXCEPTION 'cannot run eventstore.% on a hot standby', caller
@@ -270,7 +271,7 @@ BEGIN
     -- transaction's events so far. Under REPEATABLE READ the base row is locked, which fails
     -- with 40001 when a rebase committed after the snapshot was taken.
     txid := pg_current_xact_id()::text::bigint;
-    IF current_setting('transaction_isolation') = 'read committed' THEN
+    IF read_committed THEN
         SELECT b.base INTO base FROM eventstore.position_base AS b;
     ELSE
         SELECT b.base INTO base FROM eventstore.position_base AS b FOR KEY SHARE;
@@ -296,7 +297,7 @@ BEGIN
                   HINT = 'Retry the transaction.';
     END IF;
 
-    IF current_setting('transaction_isolation') = 'read committed' THEN
+    IF read_committed THEN
         PERFORM eventstore._insert_events(stream, events, current_version + 1, first_position);
     ELSE
         -- The snapshot may predate an append that committed while this one waited for the
