@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use futures_util::TryStreamExt;
 use pg_eventstore_client::{EventData, EventStore, ExpectedVersion, Form, ReadAllOptions};
-use pg_eventstore_tests::{catalog, eventstore_bin, TestDb};
+use pg_eventstore_tests::{catalog, eventstore_bin, settled, TestDb};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
@@ -128,6 +128,8 @@ async fn a_database_owner_without_superuser_installs_the_portable_form_and_uses_
         ),
         "{conflict:?}"
     );
+    // Another test's transaction, anywhere in the cluster, holds the log back while it runs.
+    settled(store.pool()).await;
     let all: Vec<String> = store
         .read_all(ReadAllOptions::default())
         .map_ok(|e| e.event_type)
