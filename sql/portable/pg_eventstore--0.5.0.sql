@@ -140,30 +140,6 @@ AS $$
         'hex')::uuid
 $$;
 
--- Stores a checked batch at consecutive versions and positions. Internal to the portable
--- form.
-CREATE FUNCTION eventstore._insert_events(
-    stream text,
-    events jsonb,
-    first_version bigint,
-    first_position bigint
-) RETURNS void
-LANGUAGE sql VOLATILE PARALLEL UNSAFE
-AS $$
-    INSERT INTO eventstore.events (position, stream, version, type, data, metadata, id)
-    SELECT _insert_events.first_position + e.n - 1,
-           _insert_events.stream,
-           _insert_events.first_version + e.n - 1,
-           e.value ->> 'type',
-           e.value -> 'data',
-           CASE WHEN jsonb_typeof(e.value -> 'metadata') = 'object' THEN e.value -> 'metadata'
-                ELSE '{}'::jsonb END,
-           CASE WHEN jsonb_typeof(e.value -> 'id') = 'string'
-                THEN eventstore._parse_uuid(e.value ->> 'id')
-                ELSE eventstore._uuid_v7() END
-    FROM jsonb_array_elements(_insert_events.events) WITH ORDINALITY AS e(value, n)
-$$;
-
 -- Appends or reports the stream's version; `raise_conflict` raises 40001 instead (append).
 -- Internal to the portable form; append and try_append are its two faces.
 CREATE FUNCTION eventstore._append(
@@ -182,6 +158,11 @@ DECLARE
     event_count int;
     problem text;
     problem_hint text;
+    problem_index int;
+    id_count int;
+    repeat_index int;
+    repeated_id uuid;
+    repeat_first int;
     current_version bigint;
     last_position bigint;
     version_matches boolean;
@@ -200,7 +181,7 @@ BEGIN
                   DETAIL = 'This server is a standby in recovery; it serves reads only.',
                   HINT = 'Send writes to the primary.';
     END IF;
-    PERFORM eventstore._check_stream(stream);
+    stream := eventstore._check_stream(stream);
     IF events IS NULL THEN
         RAISE EXCEPTION 'events must not be NULL' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -219,56 +200,68 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    -- The first malformed event, in batch order, as the extension reports it: the message,
-    -- and its hint if it has one.
-    SELECT d.problem[1], d.problem[2] INTO problem, problem_hint
+    -- The first malformed event in batch order, as the extension reports it: its index,
+    -- the message and the hint if it has one; and how many events carry an id.
+    SELECT (array_agg(c.i ORDER BY c.i) FILTER (WHERE c.problem IS NOT NULL))[1],
+           (array_agg(c.problem[1] ORDER BY c.i) FILTER (WHERE c.problem IS NOT NULL))[1],
+           (array_agg(c.problem[2] ORDER BY c.i) FILTER (WHERE c.problem IS NOT NULL))[1],
+           count(*) FILTER (WHERE c.has_id)
+    INTO problem_index, problem, problem_hint, id_count
     FROM (
-        SELECT c.i,
-               coalesce(c.field_problem,
-                        CASE WHEN c.id IS NOT NULL
-                                  AND min(c.i) OVER (PARTITION BY c.id) < c.i THEN
-                            ARRAY[format('events[%s].id %s repeats the id of events[%s]',
-                                         c.i, c.id, min(c.i) OVER (PARTITION BY c.id))]
-                        END) AS problem
+        SELECT e.n - 1 AS i,
+               jsonb_typeof(e.value -> 'id') = 'string' AS has_id,
+               CASE
+               WHEN jsonb_typeof(e.value) <> 'object' THEN
+                   ARRAY[format('events[%s] must be a JSON object', e.n - 1), fields_hint]
+               WHEN NOT e.value ? 'type' THEN
+                   ARRAY[format('events[%s].type is missing', e.n - 1), fields_hint]
+               WHEN jsonb_typeof(e.value -> 'type') <> 'string'
+                    OR e.value ->> 'type' = ''
+                    OR octet_length(e.value ->> 'type') > 1024 THEN
+                   ARRAY[format('events[%s].type must be a non-empty string of at most 1024 bytes', e.n - 1)]
+               WHEN NOT e.value ? 'data' THEN
+                   ARRAY[format('events[%s].data is missing', e.n - 1),
+                         'Use {} or null for an event without data.']
+               WHEN jsonb_typeof(e.value -> 'metadata') NOT IN ('object', 'null') THEN
+                   ARRAY[format('events[%s].metadata must be a JSON object', e.n - 1)]
+               WHEN jsonb_typeof(e.value -> 'id') NOT IN ('string', 'null') THEN
+                   ARRAY[format('events[%s].id must be a UUID string', e.n - 1)]
+               WHEN jsonb_typeof(e.value -> 'id') = 'string'
+                    AND eventstore._parse_uuid(e.value ->> 'id') IS NULL THEN
+                   ARRAY[format('events[%s].id is not a valid UUID: "%s"', e.n - 1,
+                                e.value ->> 'id')]
+               WHEN EXISTS (SELECT FROM jsonb_object_keys(e.value) AS k(key)
+                            WHERE k.key NOT IN ('type', 'data', 'metadata', 'id')) THEN
+                   ARRAY[format('events[%s] has an unknown field "%s"', e.n - 1,
+                                (SELECT k.key FROM jsonb_object_keys(e.value) AS k(key)
+                                 WHERE k.key NOT IN ('type', 'data', 'metadata', 'id')
+                                 LIMIT 1)),
+                         fields_hint]
+               END AS problem
+        FROM jsonb_array_elements(events) WITH ORDINALITY AS e(value, n)
+    ) AS c;
+    -- An id that repeats an earlier event's counts as a problem of the later event, unless
+    -- an event before it is malformed.
+    IF id_count > 1 THEN
+        SELECT d.i, d.id, d.first INTO repeat_index, repeated_id, repeat_first
         FROM (
-            SELECT e.n - 1 AS i,
-                   CASE
-                   WHEN jsonb_typeof(e.value) <> 'object' THEN
-                       ARRAY[format('events[%s] must be a JSON object', e.n - 1), fields_hint]
-                   WHEN NOT e.value ? 'type' THEN
-                       ARRAY[format('events[%s].type is missing', e.n - 1), fields_hint]
-                   WHEN jsonb_typeof(e.value -> 'type') <> 'string'
-                        OR e.value ->> 'type' = ''
-                        OR octet_length(e.value ->> 'type') > 1024 THEN
-                       ARRAY[format('events[%s].type must be a non-empty string of at most 1024 bytes', e.n - 1)]
-                   WHEN NOT e.value ? 'data' THEN
-                       ARRAY[format('events[%s].data is missing', e.n - 1),
-                             'Use {} or null for an event without data.']
-                   WHEN jsonb_typeof(e.value -> 'metadata') NOT IN ('object', 'null') THEN
-                       ARRAY[format('events[%s].metadata must be a JSON object', e.n - 1)]
-                   WHEN jsonb_typeof(e.value -> 'id') NOT IN ('string', 'null') THEN
-                       ARRAY[format('events[%s].id must be a UUID string', e.n - 1)]
-                   WHEN jsonb_typeof(e.value -> 'id') = 'string'
-                        AND eventstore._parse_uuid(e.value ->> 'id') IS NULL THEN
-                       ARRAY[format('events[%s].id is not a valid UUID: "%s"', e.n - 1,
-                                    e.value ->> 'id')]
-                   WHEN EXISTS (SELECT FROM jsonb_object_keys(e.value) AS k(key)
-                                WHERE k.key NOT IN ('type', 'data', 'metadata', 'id')) THEN
-                       ARRAY[format('events[%s] has an unknown field "%s"', e.n - 1,
-                                    (SELECT k.key FROM jsonb_object_keys(e.value) AS k(key)
-                                     WHERE k.key NOT IN ('type', 'data', 'metadata', 'id')
-                                     LIMIT 1)),
-                             fields_hint]
-                   END AS field_problem,
-                   CASE WHEN jsonb_typeof(e.value) = 'object'
-                             AND jsonb_typeof(e.value -> 'id') = 'string'
-                        THEN eventstore._parse_uuid(e.value ->> 'id') END AS id
-            FROM jsonb_array_elements(events) WITH ORDINALITY AS e(value, n)
-        ) AS c
-    ) AS d
-    WHERE d.problem IS NOT NULL
-    ORDER BY d.i
-    LIMIT 1;
+            SELECT c.i, c.id, min(c.i) OVER (PARTITION BY c.id) AS first
+            FROM (
+                SELECT e.n - 1 AS i, eventstore._parse_uuid(e.value ->> 'id') AS id
+                FROM jsonb_array_elements(events) WITH ORDINALITY AS e(value, n)
+                WHERE jsonb_typeof(e.value) = 'object' AND jsonb_typeof(e.value -> 'id') = 'string'
+            ) AS c
+            WHERE c.id IS NOT NULL
+        ) AS d
+        WHERE d.first < d.i
+        ORDER BY d.i
+        LIMIT 1;
+        IF repeat_index < coalesce(problem_index, event_count) THEN
+            RAISE EXCEPTION 'events[%].id % repeats the id of events[%]',
+                repeat_index, repeated_id, repeat_first
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
     IF problem IS NOT NULL THEN
         IF problem_hint IS NULL THEN
             RAISE EXCEPTION '%', problem USING ERRCODE = 'invalid_parameter_value';
@@ -295,9 +288,8 @@ BEGIN
         OR expected_version = current_version;
 
     -- A retry of an append whose reply was lost finds its events by id.
-    IF (NOT version_matches OR expected_version IS NULL OR expected_version = -2)
-       AND EXISTS (SELECT FROM jsonb_array_elements(events) AS e(value)
-                   WHERE jsonb_typeof(e.value -> 'id') = 'string') THEN
+    IF id_count > 0
+       AND (NOT version_matches OR expected_version IS NULL OR expected_version = -2) THEN
         SELECT (count(s.id) = count(*)
                 AND bool_and(s.stream = _append.stream
                              AND s.version = first_stored.version + b.n - 1)
@@ -385,14 +377,36 @@ BEGIN
                   HINT = 'Retry the transaction.';
     END IF;
 
+    -- The events at consecutive versions and positions. Under REPEATABLE READ the snapshot
+    -- may predate an append that committed while this one waited for the lock: its version
+    -- is taken, and appending on top of what this snapshot sees would be a lost update.
     IF read_committed THEN
-        PERFORM eventstore._insert_events(stream, events, current_version + 1, first_position);
+        INSERT INTO eventstore.events (position, stream, version, type, data, metadata, id)
+        SELECT first_position + e.n - 1,
+               _append.stream,
+               current_version + e.n,
+               e.value ->> 'type',
+               e.value -> 'data',
+               CASE WHEN jsonb_typeof(e.value -> 'metadata') = 'object' THEN e.value -> 'metadata'
+                    ELSE '{}'::jsonb END,
+               CASE WHEN jsonb_typeof(e.value -> 'id') = 'string'
+                    THEN eventstore._parse_uuid(e.value ->> 'id')
+                    ELSE eventstore._uuid_v7() END
+        FROM jsonb_array_elements(events) WITH ORDINALITY AS e(value, n);
     ELSE
-        -- The snapshot may predate an append that committed while this one waited for the
-        -- lock: its version is taken, and appending on top of what this snapshot sees would
-        -- be a lost update.
         BEGIN
-            PERFORM eventstore._insert_events(stream, events, current_version + 1, first_position);
+            INSERT INTO eventstore.events (position, stream, version, type, data, metadata, id)
+            SELECT first_position + e.n - 1,
+                   _append.stream,
+                   current_version + e.n,
+                   e.value ->> 'type',
+                   e.value -> 'data',
+                   CASE WHEN jsonb_typeof(e.value -> 'metadata') = 'object' THEN e.value -> 'metadata'
+                        ELSE '{}'::jsonb END,
+                   CASE WHEN jsonb_typeof(e.value -> 'id') = 'string'
+                        THEN eventstore._parse_uuid(e.value ->> 'id')
+                        ELSE eventstore._uuid_v7() END
+            FROM jsonb_array_elements(events) WITH ORDINALITY AS e(value, n);
         EXCEPTION WHEN unique_violation THEN
             IF NOT EXISTS (SELECT FROM eventstore.events AS e
                            WHERE e.stream = _append.stream AND e.version = current_version + 1) THEN
@@ -415,10 +429,15 @@ CREATE FUNCTION eventstore.append(
     events jsonb,
     expected_version bigint DEFAULT NULL
 ) RETURNS eventstore.append_result
-LANGUAGE sql VOLATILE PARALLEL UNSAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
-    SELECT a.first_version, a.last_version, a.first_position, a.last_position
-    FROM eventstore._append(append.stream, append.events, append.expected_version, true, 'append') AS a
+DECLARE
+    a eventstore.append_attempt := eventstore._append(stream, events, expected_version, true, 'append');
+    result eventstore.append_result;
+BEGIN
+    result := ROW(a.first_version, a.last_version, a.first_position, a.last_position);
+    RETURN result;
+END
 $$;
 
 
@@ -429,11 +448,11 @@ CREATE FUNCTION eventstore.try_append(
     events jsonb,
     expected_version bigint DEFAULT NULL
 ) RETURNS eventstore.append_attempt
-LANGUAGE sql VOLATILE PARALLEL UNSAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
-    SELECT a.first_version, a.last_version, a.first_position, a.last_position, a.current_version
-    FROM eventstore._append(try_append.stream, try_append.events, try_append.expected_version,
-                            false, 'try_append') AS a
+BEGIN
+    RETURN eventstore._append(stream, events, expected_version, false, 'try_append');
+END
 $$;
 
 
