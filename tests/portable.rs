@@ -8,12 +8,13 @@ use std::str::FromStr;
 
 use futures_util::TryStreamExt;
 use pg_eventstore_client::{EventData, EventStore, ExpectedVersion, Form, ReadAllOptions};
-use pg_eventstore_tests::{catalog, eventstore_bin, settled, TestDb};
+use pg_eventstore_tests::{catalog, eventstore_bin, eventually, settled, TestDb, PATIENCE};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 /// The portable form's own internals, which the extension implements inside its C functions.
-const PORTABLE_ONLY: [&str; 3] = [
+const PORTABLE_ONLY: [&str; 4] = [
+    "eventstore._append_problem(text,jsonb,bigint,text)",
     "eventstore._append(text,jsonb,bigint,boolean,text)",
     "eventstore._parse_uuid(text)",
     "eventstore._uuid_v7()",
@@ -31,14 +32,19 @@ async fn owned_database(db: &TestDb) -> (String, String) {
         .execute(&db.pool)
         .await
         .unwrap();
+    let url = owned_url(db, &owner);
+    (owner, url)
+}
+
+/// The URL of `db` for its owner `owner`.
+fn owned_url(db: &TestDb, owner: &str) -> String {
     let options = PgConnectOptions::from_str(&db.url()).unwrap();
-    let url = format!(
+    format!(
         "postgres://{owner}@{}:{}/{}",
         options.get_host(),
         options.get_port(),
         db.name
-    );
-    (owner, url)
+    )
 }
 
 async fn drop_owned(db: TestDb, owner: &str) {
@@ -384,6 +390,118 @@ async fn bad_input_gets_the_same_error_from_both_forms_and_writes_nothing() {
             .unwrap();
         assert_eq!(stored, 1, "only the setup's event is stored");
     }
+    Pair {
+        native,
+        db,
+        owner,
+        portable,
+    }
+    .drop()
+    .await;
+}
+
+/// `eventstore notify` on `url`, killed when dropped.
+fn notifier(url: &str) -> tokio::process::Child {
+    tokio::process::Command::new(eventstore_bin())
+        .args(["notify", "--interval-ms", "5"])
+        .env("DATABASE_URL", url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("eventstore notify starts")
+}
+
+/// Waits for a wake-up on `listener` whose payload (the readable head) is at least
+/// `position`; earlier wake-ups are skipped.
+async fn woken_at(listener: &mut sqlx::postgres::PgListener, position: u64) {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let notification = listener.recv().await.unwrap();
+            let head: u64 = notification
+                .payload()
+                .parse()
+                .expect("the payload is the head");
+            if head >= position {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no wake-up reached position {position}"));
+}
+
+/// The pid of the session holding the notifier lock in this database, if one does.
+async fn lock_holder(pool: &PgPool) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = $1",
+    )
+    .bind(pg_eventstore_client::notifier::NOTIFIER_LOCK)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_notifier_wakes_listeners_and_a_second_one_takes_over_when_the_first_dies() {
+    let Pair {
+        native,
+        db,
+        owner,
+        portable,
+    } = Pair::new().await;
+    let url = owned_url(&db, &owner);
+    let store = EventStore::from_pool(portable.clone());
+    let mut listener = sqlx::postgres::PgListener::connect_with(&portable)
+        .await
+        .unwrap();
+    listener.listen("eventstore").await.unwrap();
+
+    let mut first = notifier(&url);
+    eventually(PATIENCE, "the first notifier holds the lock", || async {
+        lock_holder(&portable).await.is_some()
+    })
+    .await;
+    let holder = lock_holder(&portable).await;
+    let _second = notifier(&url);
+    let appended = store
+        .append(
+            "order-1",
+            ExpectedVersion::Any,
+            vec![EventData::json("placed", serde_json::json!({}))],
+        )
+        .await
+        .unwrap();
+    woken_at(&mut listener, appended.last_position).await;
+
+    first.kill().await.unwrap();
+    eventually(PATIENCE, "the second notifier holds the lock", || async {
+        lock_holder(&portable)
+            .await
+            .is_some_and(|pid| Some(pid) != holder)
+    })
+    .await;
+    let appended = store
+        .append(
+            "order-2",
+            ExpectedVersion::Any,
+            vec![EventData::json("placed", serde_json::json!({}))],
+        )
+        .await
+        .unwrap();
+    woken_at(&mut listener, appended.last_position).await;
+
+    // On the extension's database there is nothing for a notifier to do.
+    let output = Command::new(eventstore_bin())
+        .arg("notify")
+        .env("DATABASE_URL", native.url())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("no notifier is needed"));
+    drop(listener);
     Pair {
         native,
         db,

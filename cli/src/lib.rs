@@ -38,6 +38,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures_util::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
+use pg_eventstore_client::notifier;
 use pg_eventstore_client::projection::{
     self, Daemon, DaemonOptions, Progress, Projection, ReplayUntil,
 };
@@ -100,6 +101,19 @@ pub enum Command {
     /// Print the portable install script (plain SQL and PL/pgSQL, for servers where the
     /// extension cannot be installed), as committed in sql/portable/.
     PortableSql,
+    /// Send the portable form's wake-ups until SIGINT or SIGTERM: poll the readable head and
+    /// NOTIFY eventstore when it moved, at most once per interval. `run` does this too.
+    /// Several may run; one notifies, the others stand by. Exits at once where the
+    /// extension sends the wake-ups itself.
+    Notify(NotifyArgs),
+}
+
+/// The options of `notify`.
+#[derive(Args)]
+pub struct NotifyArgs {
+    /// Milliseconds between reads of the head (and so at most one NOTIFY per interval).
+    #[arg(long, default_value_t = 5)]
+    interval_ms: u64,
 }
 
 /// The options of `migrate`.
@@ -454,6 +468,27 @@ impl App {
                 Ok(())
             }
             Command::Groups(args) => groups(&store, args).await,
+            Command::Notify(args) => {
+                if !notifier::needed(&store).await? {
+                    println!(
+                        "this database's wake-ups come from the extension; no notifier is needed"
+                    );
+                    return Ok(());
+                }
+                if args.interval_ms == 0 {
+                    return Err(CliError::Usage(
+                        "--interval-ms must be at least 1".to_owned(),
+                    ));
+                }
+                tracing::info!("notifier running; SIGINT or SIGTERM stops it");
+                notifier::run(
+                    &store,
+                    Duration::from_millis(args.interval_ms),
+                    shutdown_signal(),
+                )
+                .await;
+                Ok(())
+            }
             Command::PortableSql => unreachable!("printed before connecting"),
         }
     }
@@ -506,12 +541,26 @@ impl App {
                 self.name
             )));
         }
+        // The portable form's wake-ups come from a notifier; the daemon runs one (which
+        // stands by while another process's notifies), stopped when the daemon stops.
+        let notifier = if notifier::needed(&store).await? {
+            let store = store.clone();
+            Some(tokio::spawn(async move {
+                notifier::run(&store, notifier::DEFAULT_INTERVAL, std::future::pending()).await;
+            }))
+        } else {
+            None
+        };
         let mut daemon = Daemon::new(store, options);
         for projection in projections {
             daemon = daemon.with_shared(projection);
         }
         tracing::info!("projection daemon started; SIGINT or SIGTERM stops it");
-        Ok(daemon.run(shutdown).await?)
+        let outcome = daemon.run(shutdown).await;
+        if let Some(notifier) = notifier {
+            notifier.abort();
+        }
+        Ok(outcome?)
     }
 
     async fn rebuild(&self, store: &EventStore, args: RebuildArgs) -> Result<()> {
@@ -858,7 +907,7 @@ impl Command {
     /// The log level a subcommand prints at by default: `info` for the daemon, `warn` for
     /// the others.
     pub fn default_log_level(&self) -> &'static str {
-        if matches!(self, Command::Run(_)) {
+        if matches!(self, Command::Run(_) | Command::Notify(_)) {
             "info"
         } else {
             "warn"

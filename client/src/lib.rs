@@ -94,6 +94,7 @@ mod expected_version;
 mod group;
 mod health;
 mod migrations;
+pub mod notifier;
 pub mod portable;
 pub mod projection;
 mod read;

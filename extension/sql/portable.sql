@@ -23,17 +23,14 @@
 
 -- portable: replaces eventstore_append
 -- The uuid of text in the forms the extension accepts (hyphenated, 32 hex digits, braced,
--- urn:uuid:), NULL for anything else. Internal to the portable form.
+-- urn:uuid:), NULL for anything else. Internal to the portable form; not STRICT, so that
+-- the planner inlines it.
 CREATE FUNCTION eventstore._parse_uuid(value text) RETURNS uuid
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
     SELECT CASE
-    WHEN value ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
-         OR value ~ '^[0-9a-fA-F]{32}$' THEN value::uuid
-    WHEN value ~ '^\{[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\}$'
-        THEN substr(value, 2, 36)::uuid
-    WHEN value ~ '^urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
-        THEN substr(value, 10)::uuid
+    WHEN value ~ '^(?:(?:urn:uuid:)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|\{[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\}|[0-9a-fA-F]{32})$'
+        THEN (CASE WHEN value LIKE 'urn:%' THEN substr(value, 10) ELSE value END)::uuid
     END
 $$;
 
@@ -52,16 +49,17 @@ AS $$
         'hex')::uuid
 $$;
 
--- Appends or reports the stream's version; `raise_conflict` raises 40001 instead (append).
--- Internal to the portable form; append and try_append are its two faces.
-CREATE FUNCTION eventstore._append(
+-- Raises the extension's error for the first thing wrong with an append's arguments, in
+-- the order the extension checks them. _append calls it only when its own quick checks
+-- fail, so that the messages cost nothing on the way of a good append. Internal to the
+-- portable form.
+CREATE FUNCTION eventstore._append_problem(
     stream text,
     events jsonb,
     expected_version bigint,
-    raise_conflict boolean,
     caller text
-) RETURNS eventstore.append_attempt
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+) RETURNS void
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -75,17 +73,6 @@ DECLARE
     repeat_index int;
     repeated_id uuid;
     repeat_first int;
-    current_version bigint;
-    last_position bigint;
-    version_matches boolean;
-    txid bigint;
-    base bigint;
-    lifted bigint;
-    first_index bigint;
-    first_position bigint;
-    stored record;
-    result eventstore.append_attempt;
-    read_committed boolean := current_setting('transaction_isolation') = 'read committed';
 BEGIN
     IF pg_is_in_recovery() THEN
         RAISE EXCEPTION 'cannot run eventstore.% on a hot standby', caller
@@ -93,7 +80,7 @@ BEGIN
                   DETAIL = 'This server is a standby in recovery; it serves reads only.',
                   HINT = 'Send writes to the primary.';
     END IF;
-    stream := eventstore._check_stream(stream);
+    PERFORM eventstore._check_stream(stream);
     IF events IS NULL THEN
         RAISE EXCEPTION 'events must not be NULL' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -112,8 +99,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    -- The first malformed event in batch order, as the extension reports it: its index,
-    -- the message and the hint if it has one; and how many events carry an id.
+    -- The first malformed event in batch order: its index, the message and the hint if it
+    -- has one; and how many events carry an id.
     SELECT (array_agg(c.i ORDER BY c.i) FILTER (WHERE c.problem IS NOT NULL))[1],
            (array_agg(c.problem[1] ORDER BY c.i) FILTER (WHERE c.problem IS NOT NULL))[1],
            (array_agg(c.problem[2] ORDER BY c.i) FILTER (WHERE c.problem IS NOT NULL))[1],
@@ -182,16 +169,103 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value', HINT = problem_hint;
     END IF;
 
+END
+$$;
+
+-- Appends or reports the stream's version; `raise_conflict` raises 40001 instead (append).
+-- Internal to the portable form; append and try_append are its two faces.
+CREATE FUNCTION eventstore._append(
+    stream text,
+    events jsonb,
+    expected_version bigint,
+    raise_conflict boolean,
+    caller text
+) RETURNS eventstore.append_attempt
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    current_version bigint;
+    last_position bigint;
+    version_matches boolean;
+    any_stored boolean;
+    bad_events bigint;
+    id_count bigint;
+    distinct_ids bigint;
+    ids uuid[];
+    txid bigint;
+    base bigint;
+    lifted bigint;
+    first_index bigint;
+    first_position bigint;
+    event_count int;
+    stored record;
+    result eventstore.append_attempt;
+    read_committed boolean := current_setting('transaction_isolation') = 'read committed';
+BEGIN
+    -- The arguments and the events are checked by a few small expressions; when any fails,
+    -- _append_problem raises the error the extension gives. (Every statement of a function
+    -- is compiled again in each transaction: the full checks would cost a good append more
+    -- than its insert.)
+    IF pg_is_in_recovery() OR stream IS NULL OR stream = '' OR octet_length(stream) > 1024
+       OR events IS NULL OR expected_version < -2 OR jsonb_typeof(events) <> 'array'
+       OR jsonb_array_length(events) = 0 THEN
+        PERFORM eventstore._append_problem(stream, events, expected_version, caller);
+    END IF;
     -- Holds off eventstore.rebase_positions() (SHARE) until this transaction ends, before
     -- the base is read below.
     LOCK TABLE eventstore.events IN ROW EXCLUSIVE MODE;
     PERFORM pg_advisory_xact_lock(1163087872, hashtext(stream));
+    txid := pg_current_xact_id()::text::bigint;
 
-    SELECT e.version, e.position INTO current_version, last_position
-    FROM eventstore.events AS e
-    WHERE e.stream = _append.stream
-    ORDER BY e.version DESC
-    LIMIT 1;
+    -- Under REPEATABLE READ the base row is locked, which fails with 40001 when a rebase
+    -- committed after the snapshot was taken.
+    IF NOT read_committed THEN
+        PERFORM FROM eventstore.position_base FOR KEY SHARE;
+    END IF;
+    -- In one statement: the events checked (how many are malformed, how many carry an id
+    -- and how many distinct ones), the stream's head, whether any of the ids is stored
+    -- already, the position base and the last position this transaction has taken.
+    SELECT v.bad_events, v.id_count, v.distinct_ids, v.event_count,
+           h.version, h.position, b.base,
+           v.id_count > 0 AND EXISTS (SELECT FROM eventstore.events AS s WHERE s.id = ANY (v.ids)),
+           (SELECT max(e.position) FROM eventstore.events AS e
+            WHERE e.position >= (txid + b.base) << 20 AND e.position < (txid + b.base + 1) << 20)
+    INTO bad_events, id_count, distinct_ids, event_count,
+         current_version, last_position, base, any_stored, first_index
+    FROM (
+        SELECT count(*) FILTER (WHERE (
+                   jsonb_typeof(c.value) = 'object'
+                   AND jsonb_typeof(c.value -> 'type') = 'string'
+                   AND c.value ->> 'type' <> ''
+                   AND octet_length(c.value ->> 'type') <= 1024
+                   AND c.value ? 'data'
+                   AND coalesce(jsonb_typeof(c.value -> 'metadata'), 'null') IN ('object', 'null')
+                   AND coalesce(jsonb_typeof(c.value -> 'id'), 'null') IN ('string', 'null')
+                   AND (c.id IS NOT NULL OR NOT c.value ? 'id' OR c.value -> 'id' = 'null')
+                   AND c.value - '{type,data,metadata,id}'::text[] = '{}'::jsonb) IS NOT TRUE)
+                   AS bad_events,
+               count(c.id) AS id_count,
+               count(DISTINCT c.id) AS distinct_ids,
+               array_agg(c.id) FILTER (WHERE c.id IS NOT NULL) AS ids,
+               count(*) AS event_count
+        FROM (
+            SELECT e.value,
+                   CASE WHEN jsonb_typeof(e.value -> 'id') = 'string'
+                        THEN eventstore._parse_uuid(e.value ->> 'id') END AS id
+            FROM jsonb_array_elements(events) AS e(value)
+        ) AS c
+    ) AS v
+    CROSS JOIN eventstore.position_base AS b
+    LEFT JOIN LATERAL (
+        SELECT e.version, e.position FROM eventstore.events AS e
+        WHERE e.stream = _append.stream
+        ORDER BY e.version DESC
+        LIMIT 1
+    ) AS h ON true;
+    IF bad_events > 0 OR distinct_ids < id_count THEN
+        PERFORM eventstore._append_problem(stream, events, expected_version, caller);
+    END IF;
     current_version := coalesce(current_version, -1);
     last_position := coalesce(last_position, -1);
     version_matches := expected_version IS NULL
@@ -200,7 +274,7 @@ BEGIN
         OR expected_version = current_version;
 
     -- A retry of an append whose reply was lost finds its events by id.
-    IF id_count > 0
+    IF any_stored
        AND (NOT version_matches OR expected_version IS NULL OR expected_version = -2) THEN
         SELECT (count(s.id) = count(*)
                 AND bool_and(s.stream = _append.stream
@@ -260,22 +334,13 @@ BEGIN
     END IF;
 
     -- Positions: (transaction id + base) << 20 | index, the index counting this
-    -- transaction's events so far. Under REPEATABLE READ the base row is locked, which fails
-    -- with 40001 when a rebase committed after the snapshot was taken.
-    txid := pg_current_xact_id()::text::bigint;
-    IF read_committed THEN
-        SELECT b.base INTO base FROM eventstore.position_base AS b;
-    ELSE
-        SELECT b.base INTO base FROM eventstore.position_base AS b FOR KEY SHARE;
-    END IF;
-    lifted := txid + coalesce(base, 0);
+    -- transaction's events so far.
+    lifted := txid + base;
     IF lifted > 8796093022207 THEN
         RAISE EXCEPTION 'transaction id % plus the position base no longer fits in a 63-bit event position', txid
             USING ERRCODE = 'program_limit_exceeded';
     END IF;
-    SELECT coalesce(max(e.position) - (lifted << 20) + 1, 0) INTO first_index
-    FROM eventstore.events AS e
-    WHERE e.position >= lifted << 20 AND e.position < (lifted + 1) << 20;
+    first_index := coalesce(first_index - (lifted << 20) + 1, 0);
     IF first_index + event_count > 1048576 THEN
         RAISE EXCEPTION 'a transaction can append at most 1048576 events'
             USING ERRCODE = 'program_limit_exceeded',
