@@ -203,7 +203,7 @@ struct Pair {
 
 impl Pair {
     async fn new() -> Pair {
-        let native = TestDb::new(2).await;
+        let native = TestDb::with_extension(2).await;
         let db = TestDb::empty(2).await;
         let (owner, url) = owned_database(&db).await;
         migrate(&url, &["--portable"]);

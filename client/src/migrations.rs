@@ -49,6 +49,11 @@ fn extension_runner() -> refinery::Runner {
 /// Their checksums differ from the extension's, so refinery refuses to run one set on a
 /// database the other set installed.
 fn portable_runner() -> Result<refinery::Runner> {
+    Ok(refinery::Runner::new(&portable_migrations()?))
+}
+
+/// The migrations of [`portable_runner`].
+pub(crate) fn portable_migrations() -> Result<Vec<Migration>> {
     let mut portable = Vec::new();
     for migration in extension_runner().get_migrations() {
         let sql =
@@ -56,7 +61,7 @@ fn portable_runner() -> Result<refinery::Runner> {
         let name = format!("V{}__{}", migration.version(), migration.name());
         portable.push(Migration::unapplied(&name, &sql).map_err(Error::Migration)?);
     }
-    Ok(refinery::Runner::new(&portable))
+    Ok(portable)
 }
 
 /// Which form of the store [`crate::EventStore::migrate_with`] installs in a database that

@@ -80,9 +80,9 @@ async fn notify_while_holding(store: &EventStore, interval: Duration) -> Result<
         interval_ms = interval.as_millis() as u64,
         "notifier started"
     );
-    // The first poll notifies whatever is readable: subscribers that were waiting for events
-    // committed while no notifier ran re-read now.
-    let mut notified: i64 = -1;
+    // The first poll notifies whatever is readable (the head of an empty log is 0):
+    // subscribers that were waiting for events committed while no notifier ran re-read now.
+    let mut notified: i64 = 0;
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

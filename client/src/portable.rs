@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{Error, Result};
+use crate::{Error, Result, HISTORY_TABLE};
 
 /// The release whose portable install script [`install_script`] builds.
 pub const VERSION: &str = "0.5.0";
@@ -39,12 +39,56 @@ const ROLES: [&str; 4] = [
     "eventstore_admin",
 ];
 
-/// The portable install script of release [`VERSION`], as committed in `sql/portable/`.
+/// The portable install script of release [`VERSION`], as committed in `sql/portable/`: the
+/// store's migrations exactly as `eventstore migrate --portable` runs them, then their rows
+/// in its history table, so that a later `eventstore migrate` takes the database from there.
 pub fn install_script() -> Result<String> {
-    build_install(VERSION, RELEASED_0_5_0, REPLACEMENTS)
+    let mut out = format!(
+        "-- pg_eventstore {VERSION}, portable form: plain SQL and PL/pgSQL, for PostgreSQL 15 or\n\
+         -- newer where the extension cannot be installed. Built by pg_eventstore_client::portable\n\
+         -- from extension/sql/released/ and extension/sql/portable.sql; do not edit\n\
+         -- (`eventstore portable-sql` prints it).\n\
+         --\n\
+         -- Install, as the database's owner (no superuser needed), in one transaction:\n\
+         --   psql -v ON_ERROR_STOP=1 -1 -f sql/portable/pg_eventstore--{VERSION}.sql\n\
+         -- It is what `eventstore migrate --portable` applies, and it records the same migrations\n\
+         -- in {HISTORY_TABLE}, so `eventstore migrate` applies only what later releases add.\n"
+    );
+    let migrations = crate::migrations::portable_migrations()?;
+    for migration in &migrations {
+        out.push_str(&format!(
+            "\n-- Migration V{}__{}\n",
+            migration.version(),
+            migration.name()
+        ));
+        out.push_str(migration.sql().unwrap_or(""));
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out.push_str(&format!(
+        "\n-- The migrations above, as eventstore migrate records them (refinery's history table).\n\
+         CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} (\n    version int4 PRIMARY KEY,\n    \
+         name varchar(255),\n    applied_on varchar(255),\n    checksum varchar(255)\n);\n\
+         INSERT INTO {HISTORY_TABLE} (version, name, applied_on, checksum) VALUES\n"
+    ));
+    let rows: Vec<String> = migrations
+        .iter()
+        .map(|m| {
+            format!(
+                "    ({}, '{}', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '{}')",
+                m.version(),
+                m.name(),
+                m.checksum()
+            )
+        })
+        .collect();
+    out.push_str(&rows.join(",\n"));
+    out.push_str(";\n");
+    Ok(out)
 }
 
-/// The portable install script of [`FIRST_VERSION`], what a portable database's V1 runs.
+/// The portable install of [`FIRST_VERSION`], what a portable database's V1 runs.
 pub(crate) fn first_install_script() -> Result<String> {
     build_install(FIRST_VERSION, RELEASED_0_5_0, REPLACEMENTS)
 }
@@ -52,14 +96,8 @@ pub(crate) fn first_install_script() -> Result<String> {
 fn build_install(version: &str, released: &str, replacements: &str) -> Result<String> {
     let mut blocks = parse_replacements(replacements)?;
     let mut out = format!(
-        "-- pg_eventstore {version}, portable form: plain SQL and PL/pgSQL, for PostgreSQL 15 or\n\
-         -- newer where the extension cannot be installed. Built by pg_eventstore_client::portable\n\
-         -- from extension/sql/released/pg_eventstore--{version}.sql and extension/sql/portable.sql;\n\
-         -- do not edit (`eventstore portable-sql` prints it).\n\
-         --\n\
-         -- Install, as the database's owner (no superuser needed), in one transaction:\n\
-         --   psql -v ON_ERROR_STOP=1 -1 -f sql/portable/pg_eventstore--{version}.sql\n\
-         -- or let `eventstore migrate` do it, which also records it in its history.\n\n\
+        "-- pg_eventstore {version}, portable form, built from \
+         extension/sql/released/pg_eventstore--{version}.sql\n\
          CREATE SCHEMA eventstore;\n\
          SET search_path = eventstore;\n"
     );

@@ -173,7 +173,8 @@ END
 $$;
 
 -- Appends or reports the stream's version; `raise_conflict` raises 40001 instead (append).
--- Internal to the portable form; append and try_append are its two faces.
+-- Internal to the portable form: append and try_append are its two faces, and only they
+-- (as its owner, with their search_path) may call it.
 CREATE FUNCTION eventstore._append(
     stream text,
     events jsonb,
@@ -181,8 +182,7 @@ CREATE FUNCTION eventstore._append(
     raise_conflict boolean,
     caller text
 ) RETURNS eventstore.append_attempt
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
 DECLARE
     current_version bigint;
@@ -406,7 +406,8 @@ CREATE FUNCTION eventstore.append(
     events jsonb,
     expected_version bigint DEFAULT NULL
 ) RETURNS eventstore.append_result
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     a eventstore.append_attempt := eventstore._append(stream, events, expected_version, true, 'append');
@@ -423,7 +424,8 @@ CREATE FUNCTION eventstore.try_append(
     events jsonb,
     expected_version bigint DEFAULT NULL
 ) RETURNS eventstore.append_attempt
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN eventstore._append(stream, events, expected_version, false, 'try_append');

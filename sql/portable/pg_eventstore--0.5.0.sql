@@ -1,12 +1,15 @@
 -- pg_eventstore 0.5.0, portable form: plain SQL and PL/pgSQL, for PostgreSQL 15 or
 -- newer where the extension cannot be installed. Built by pg_eventstore_client::portable
--- from extension/sql/released/pg_eventstore--0.5.0.sql and extension/sql/portable.sql;
--- do not edit (`eventstore portable-sql` prints it).
+-- from extension/sql/released/ and extension/sql/portable.sql; do not edit
+-- (`eventstore portable-sql` prints it).
 --
 -- Install, as the database's owner (no superuser needed), in one transaction:
 --   psql -v ON_ERROR_STOP=1 -1 -f sql/portable/pg_eventstore--0.5.0.sql
--- or let `eventstore migrate` do it, which also records it in its history.
+-- It is what `eventstore migrate --portable` applies, and it records the same migrations
+-- in eventstore_schema_history, so `eventstore migrate` applies only what later releases add.
 
+-- Migration V1__pg_eventstore_extension
+-- pg_eventstore 0.5.0, portable form, built from extension/sql/released/pg_eventstore--0.5.0.sql
 CREATE SCHEMA eventstore;
 SET search_path = eventstore;
 /* <begin connected objects> */
@@ -261,7 +264,8 @@ END
 $$;
 
 -- Appends or reports the stream's version; `raise_conflict` raises 40001 instead (append).
--- Internal to the portable form; append and try_append are its two faces.
+-- Internal to the portable form: append and try_append are its two faces, and only they
+-- (as its owner, with their search_path) may call it.
 CREATE FUNCTION eventstore._append(
     stream text,
     events jsonb,
@@ -269,8 +273,7 @@ CREATE FUNCTION eventstore._append(
     raise_conflict boolean,
     caller text
 ) RETURNS eventstore.append_attempt
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
 DECLARE
     current_version bigint;
@@ -494,7 +497,8 @@ CREATE FUNCTION eventstore.append(
     events jsonb,
     expected_version bigint DEFAULT NULL
 ) RETURNS eventstore.append_result
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     a eventstore.append_attempt := eventstore._append(stream, events, expected_version, true, 'append');
@@ -513,7 +517,8 @@ CREATE FUNCTION eventstore.try_append(
     events jsonb,
     expected_version bigint DEFAULT NULL
 ) RETURNS eventstore.append_attempt
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN eventstore._append(stream, events, expected_version, false, 'try_append');
@@ -3160,3 +3165,140 @@ COMMENT ON FUNCTION eventstore.wakeup_mode() IS
 
 
 RESET search_path;
+
+-- Migration V4__projection_checkpoints
+-- The checkpoints of the projections that the client's projection framework runs
+-- (pg_eventstore_client::projection). A database set up by release 0.2.0 has this table
+-- already, from that release's V2 (which also created the shop read models, now migrated
+-- by the shop crate's own set); IF NOT EXISTS keeps it, rows and all.
+
+CREATE SCHEMA IF NOT EXISTS projections;
+
+COMMENT ON SCHEMA projections IS
+    'Checkpoints of the projections run by pg_eventstore_client (the eventstore daemon).';
+
+-- One row per projection. `position` moves in the same transaction as the projection's
+-- read-model writes, so each event's effect lands exactly once.
+CREATE TABLE IF NOT EXISTS projections.checkpoints (
+    name            text        PRIMARY KEY,
+    position        bigint      NOT NULL DEFAULT 0 CHECK (position >= 0),
+    -- Events applied since the projection started from zero (the last rebuild).
+    events_applied  bigint      NOT NULL DEFAULT 0 CHECK (events_applied >= 0),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    -- The daemon that runs the projection now (informational; an advisory lock decides).
+    owner           text,
+    owner_since     timestamptz,
+    -- Set while the projection is stopped at an event it cannot apply; cleared when it
+    -- applies that event.
+    failed_position bigint,
+    failed_stream   text,
+    failed_version  bigint,
+    failed_type     text,
+    failed_event_id uuid,
+    error           text,
+    failed_at       timestamptz,
+    failures        integer     NOT NULL DEFAULT 0
+);
+
+COMMENT ON TABLE projections.checkpoints IS
+    'Per projection: the global position applied up to, its owner, and the event it is stopped at, if any.';
+
+-- Migration V6__pg_eventstore_update
+
+-- Brings pg_eventstore to the version installed on the server (0.4.0 with this release),
+-- through every step between: positions that survive a logical restore, 25006 on a hot
+-- standby, and the least-privilege roles eventstore_reader, eventstore_writer,
+-- eventstore_consumer and eventstore_admin. A database created by V1 with the current
+-- version installed is there already, and the update does nothing. The library must be
+-- installed on the server first (scripts/install-extension.sh). No version is named, so this
+-- never fails once a newer one is installed, as a named one would.
+-- portable: left out (the portable install of the first portable release contains this update):
+--   ALTER EXTENSION pg_eventstore UPDATE;
+
+-- The projection checkpoints (V4) under the same roles: readers see where projections are,
+-- consumers (the daemon that runs them) move their checkpoints, admins reset them.
+-- portable: only where the roles exist (they are not created without CREATEROLE).
+DO $grant$
+BEGIN
+    IF pg_catalog.to_regrole('eventstore_reader') IS NOT NULL
+            AND pg_catalog.to_regrole('eventstore_writer') IS NOT NULL
+            AND pg_catalog.to_regrole('eventstore_consumer') IS NOT NULL
+            AND pg_catalog.to_regrole('eventstore_admin') IS NOT NULL THEN
+        EXECUTE $statement$
+GRANT USAGE ON SCHEMA projections TO eventstore_reader
+$statement$;
+    END IF;
+END
+$grant$;
+
+
+-- portable: only where the roles exist (they are not created without CREATEROLE).
+DO $grant$
+BEGIN
+    IF pg_catalog.to_regrole('eventstore_reader') IS NOT NULL
+            AND pg_catalog.to_regrole('eventstore_writer') IS NOT NULL
+            AND pg_catalog.to_regrole('eventstore_consumer') IS NOT NULL
+            AND pg_catalog.to_regrole('eventstore_admin') IS NOT NULL THEN
+        EXECUTE $statement$
+GRANT SELECT ON projections.checkpoints TO eventstore_reader
+$statement$;
+    END IF;
+END
+$grant$;
+
+
+-- portable: only where the roles exist (they are not created without CREATEROLE).
+DO $grant$
+BEGIN
+    IF pg_catalog.to_regrole('eventstore_reader') IS NOT NULL
+            AND pg_catalog.to_regrole('eventstore_writer') IS NOT NULL
+            AND pg_catalog.to_regrole('eventstore_consumer') IS NOT NULL
+            AND pg_catalog.to_regrole('eventstore_admin') IS NOT NULL THEN
+        EXECUTE $statement$
+GRANT INSERT, UPDATE ON projections.checkpoints TO eventstore_consumer
+$statement$;
+    END IF;
+END
+$grant$;
+
+
+-- portable: only where the roles exist (they are not created without CREATEROLE).
+DO $grant$
+BEGIN
+    IF pg_catalog.to_regrole('eventstore_reader') IS NOT NULL
+            AND pg_catalog.to_regrole('eventstore_writer') IS NOT NULL
+            AND pg_catalog.to_regrole('eventstore_consumer') IS NOT NULL
+            AND pg_catalog.to_regrole('eventstore_admin') IS NOT NULL THEN
+        EXECUTE $statement$
+GRANT DELETE, TRUNCATE ON projections.checkpoints TO eventstore_admin
+$statement$;
+    END IF;
+END
+$grant$;
+
+
+-- Migration V7__pg_eventstore_update
+
+-- Brings pg_eventstore to the version installed on the server (0.5.0 with this release):
+-- subscription groups lease batches of the log instead of single events, and an ordered
+-- group's parked events hold back their own streams only. Groups in flight keep their
+-- leases and parked events. No version is named, so this never fails once a newer one is
+-- installed; a database already there is left alone.
+-- portable: left out (the portable install of the first portable release contains this update):
+--   ALTER EXTENSION pg_eventstore UPDATE;
+
+
+SELECT;
+
+-- The migrations above, as eventstore migrate records them (refinery's history table).
+CREATE TABLE IF NOT EXISTS eventstore_schema_history (
+    version int4 PRIMARY KEY,
+    name varchar(255),
+    applied_on varchar(255),
+    checksum varchar(255)
+);
+INSERT INTO eventstore_schema_history (version, name, applied_on, checksum) VALUES
+    (1, 'pg_eventstore_extension', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '12831604139648051984'),
+    (4, 'projection_checkpoints', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '5499302925602744275'),
+    (6, 'pg_eventstore_update', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '1880440401792872651'),
+    (7, 'pg_eventstore_update', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '11089183343356946527');

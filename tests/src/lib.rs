@@ -1,18 +1,47 @@
 //! Test harness: a fresh database with pg_eventstore for each test, on the server named by
 //! `DATABASE_URL` (the README's test command starts a private cluster and sets it).
+//!
+//! The store is the extension, or the portable form (plain SQL and PL/pgSQL) when
+//! `EVENTSTORE_TEST_INSTALL=portable`: the README's test command runs the suite once each
+//! way. In the portable form each test database also has the coalescing notifier running,
+//! as `eventstore run` runs it beside the projections.
 
 use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
-const TEMPLATE: &str = "eventstore_test_template";
+/// Which form of the store the suite runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Install {
+    /// `CREATE EXTENSION pg_eventstore`.
+    Extension,
+    /// The portable install script (`pg_eventstore_client::portable`).
+    Portable,
+}
 
-/// A database of its own, created from a template that has the extension, dropped on drop.
+/// The form `EVENTSTORE_TEST_INSTALL` asks for: `portable`, or the extension by default.
+pub fn install() -> Install {
+    match std::env::var("EVENTSTORE_TEST_INSTALL").as_deref() {
+        Ok("portable") => Install::Portable,
+        Ok("extension") | Ok("") | Err(_) => Install::Extension,
+        Ok(other) => panic!("EVENTSTORE_TEST_INSTALL is extension or portable, not {other:?}"),
+    }
+}
+
+fn template_of(install: Install) -> &'static str {
+    match install {
+        Install::Extension => "eventstore_test_template",
+        Install::Portable => "eventstore_test_template_portable",
+    }
+}
+
+/// A database of its own, created from a template that has the store, dropped on drop.
 pub struct TestDb {
     pub pool: PgPool,
     pub name: String,
     admin: PgConnectOptions,
+    notifier: Option<tokio::task::JoinHandle<()>>,
 }
 
 fn admin_options() -> PgConnectOptions {
@@ -23,61 +52,129 @@ fn admin_options() -> PgConnectOptions {
     PgConnectOptions::from_str(&url).expect("DATABASE_URL is a valid URL")
 }
 
-async fn ensure_template(admin: &mut PgConnection) {
+async fn ensure_template(admin: &mut PgConnection, install: Install) {
     // Test binaries may run at once; one creates the template, the others wait.
     sqlx::query("SELECT pg_advisory_lock(7340001)")
         .execute(&mut *admin)
         .await
         .unwrap();
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
-            .bind(TEMPLATE)
-            .fetch_one(&mut *admin)
+    let template = template_of(install);
+    match install {
+        Install::Extension => {
+            create_if_missing(admin, template).await;
+            // A template left by an older build is brought to the installed version.
+            let mut conn = admin_options().database(template).connect().await.unwrap();
+            sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_eventstore")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            sqlx::query("ALTER EXTENSION pg_eventstore UPDATE")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+        }
+        Install::Portable => {
+            // The script's hash is the template's comment; a template of another build's
+            // script is made again.
+            let script = pg_eventstore_client::portable::install_script().unwrap();
+            let hash = format!("{:016x}", fnv1a(script.as_bytes()));
+            let current: Option<Option<String>> = sqlx::query_scalar(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+            )
+            .bind(template)
+            .fetch_optional(&mut *admin)
             .await
             .unwrap();
-    if !exists {
-        sqlx::query(&format!("CREATE DATABASE {TEMPLATE}"))
-            .execute(&mut *admin)
-            .await
-            .unwrap();
+            if current != Some(Some(hash.clone())) {
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {template} WITH (FORCE)"))
+                    .execute(&mut *admin)
+                    .await
+                    .unwrap();
+                create_if_missing(admin, template).await;
+                let mut conn = admin_options().database(template).connect().await.unwrap();
+                sqlx::raw_sql(&script).execute(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+                sqlx::query(&format!("COMMENT ON DATABASE {template} IS '{hash}'"))
+                    .execute(&mut *admin)
+                    .await
+                    .unwrap();
+            }
+        }
     }
-    // A template left by an older build is brought to the installed version.
-    let mut template = admin_options().database(TEMPLATE).connect().await.unwrap();
-    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_eventstore")
-        .execute(&mut template)
-        .await
-        .unwrap();
-    sqlx::query("ALTER EXTENSION pg_eventstore UPDATE")
-        .execute(&mut template)
-        .await
-        .unwrap();
-    template.close().await.unwrap();
     sqlx::query("SELECT pg_advisory_unlock(7340001)")
         .execute(&mut *admin)
         .await
         .unwrap();
 }
 
+async fn create_if_missing(admin: &mut PgConnection, name: &str) {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut *admin)
+            .await
+            .unwrap();
+    if !exists {
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut *admin)
+            .await
+            .unwrap();
+    }
+}
+
+/// FNV-1a, 64 bits: tells one build's portable script from another's.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 impl TestDb {
-    /// A new, empty event store with room for `connections` concurrent connections.
+    /// A new, empty event store with room for `connections` concurrent connections (and,
+    /// in the portable form, the notifier's one more).
     pub async fn new(connections: u32) -> TestDb {
-        Self::create(Some(TEMPLATE), connections).await
+        let mut db = Self::create(Some(install()), connections).await;
+        if install() == Install::Portable {
+            let store = pg_eventstore_client::EventStore::from_pool(
+                PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(db.admin.clone().database(&db.name))
+                    .await
+                    .unwrap(),
+            );
+            db.notifier = Some(tokio::spawn(async move {
+                pg_eventstore_client::notifier::run(
+                    &store,
+                    pg_eventstore_client::notifier::DEFAULT_INTERVAL,
+                    std::future::pending(),
+                )
+                .await;
+            }));
+        }
+        db
     }
 
-    /// A database without the extension, for migration tests.
+    /// A new, empty event store with the extension, whichever form the suite runs against
+    /// (for the tests that compare the two forms).
+    pub async fn with_extension(connections: u32) -> TestDb {
+        Self::create(Some(Install::Extension), connections).await
+    }
+
+    /// A database without the store, for migration tests.
     pub async fn empty(connections: u32) -> TestDb {
         Self::create(None, connections).await
     }
 
-    /// A database of its own, copied from `template` when given.
-    async fn create(template: Option<&str>, connections: u32) -> TestDb {
+    /// A database of its own, copied from the template of `template` when given.
+    async fn create(template: Option<Install>, connections: u32) -> TestDb {
         let admin = admin_options();
         let mut conn = admin.connect().await.expect("connect to DATABASE_URL");
         let name = format!("es_test_{}", uuid::Uuid::new_v4().simple());
         let create = match template {
-            Some(template) => {
-                ensure_template(&mut conn).await;
-                format!("CREATE DATABASE {name} TEMPLATE {template}")
+            Some(install) => {
+                ensure_template(&mut conn, install).await;
+                format!("CREATE DATABASE {name} TEMPLATE {}", template_of(install))
             }
             None => format!("CREATE DATABASE {name}"),
         };
@@ -88,7 +185,12 @@ impl TestDb {
             .connect_with(admin.clone().database(&name))
             .await
             .unwrap();
-        TestDb { pool, name, admin }
+        TestDb {
+            pool,
+            name,
+            admin,
+            notifier: None,
+        }
     }
 
     /// Another pool on this database whose connections carry `application_name`, so a test
@@ -150,6 +252,9 @@ impl TestDb {
 
     /// Closes the pool and drops the database.
     pub async fn drop_database(self) {
+        if let Some(notifier) = &self.notifier {
+            notifier.abort();
+        }
         self.pool.close().await;
         let mut conn = self.admin.connect().await.unwrap();
         sqlx::query(&format!(
