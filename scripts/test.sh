@@ -5,8 +5,11 @@
 #      the released SQL frozen (scripts/check-frozen-sql.sh);
 #   2. the unit and doc tests of the client, the shop and the command crates, and the
 #      integration tests in tests/ against a private cluster that preloads the extension;
+#      then the integration tests again with the portable form installed instead
+#      (EVENTSTORE_TEST_INSTALL=portable);
 #   3. the examples (the seed's minimal event store interface, the shop pipeline);
-#   4. the psql walkthroughs in sql/, run as written and compared with sql/expected/;
+#   4. the psql walkthroughs in sql/, run as written and compared with sql/expected/, on the
+#      extension and on the portable form;
 #   5. the eventstore command end to end: migrate, generate, run, stats, rebuild, replay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +52,8 @@ EVENTSTORE_TEST_PGDATA="$root/$cluster/data"
 cargo build -p pg_eventstore_cli --bin eventstore
 export EVENTSTORE_BIN="$root/target/debug/eventstore"
 cargo test -p pg_eventstore_client -p pg_eventstore_shop -p pg_eventstore_cli -p pg_eventstore_tests 2>&1 | tee -a "$log"
+echo "== the integration tests again, against the portable form (plain SQL and PL/pgSQL)"
+EVENTSTORE_TEST_INSTALL=portable cargo test -p pg_eventstore_tests 2>&1 | tee -a "$log"
 
 echo "== the client examples: the seed's minimal event store interface, the shop pipeline"
 examples=0
@@ -69,7 +74,8 @@ done
 echo "== psql walkthroughs in sql/, compared with sql/expected/"
 port=$(cat "$cluster/port")
 scripts/walkthroughs.sh "$port"
-walkthroughs=$(find sql -maxdepth 1 -name '*.sql' | wc -l)
+scripts/walkthroughs.sh "$port" --portable
+walkthroughs=$(($(find sql -maxdepth 1 -name '*.sql' | wc -l) * 2))
 echo "== the eventstore command end to end"
 db=command_line
 psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "CREATE DATABASE $db" >/dev/null

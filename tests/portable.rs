@@ -511,3 +511,43 @@ async fn the_notifier_wakes_listeners_and_a_second_one_takes_over_when_the_first
     .drop()
     .await;
 }
+
+#[tokio::test]
+async fn the_committed_script_installs_with_psql_and_eventstore_migrate_takes_it_from_there() {
+    let db = TestDb::empty(2).await;
+    let (owner, url) = owned_database(&db).await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "../sql/portable/pg_eventstore--{}.sql",
+        pg_eventstore_client::portable::VERSION
+    ));
+    let output = Command::new(std::path::Path::new(pg_eventstore_tests::PG_BIN).join("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-f"])
+        .arg(&script)
+        .arg(&url)
+        .env("PGOPTIONS", "-c client_min_messages=warning")
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "psql -1 -f {} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Only the shop's own read models are left to apply; the store's migrations are recorded.
+    let applied = migrate(&url, &[]);
+    assert!(!applied.contains("eventstore_schema_history"), "{applied}");
+    assert!(applied.contains("shop_schema_history"), "{applied}");
+    let store = EventStore::connect(&url).await.unwrap();
+    assert_eq!(store.installed_form().await.unwrap(), Some(Form::Portable));
+    let appended = store
+        .append(
+            "order-1",
+            ExpectedVersion::NoStream,
+            vec![EventData::json("placed", serde_json::json!({}))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(appended.first_version, 0);
+    store.pool().close().await;
+    drop_owned(db, &owner).await;
+}
