@@ -10,7 +10,7 @@ use futures_util::TryStreamExt;
 use pg_eventstore_client::{EventData, EventStore, ExpectedVersion, Form, ReadAllOptions};
 use pg_eventstore_tests::{catalog, eventstore_bin, eventually, settled, TestDb, PATIENCE};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 
 /// The portable form's own internals, which the extension implements inside its C functions.
 const PORTABLE_ONLY: [&str; 4] = [
@@ -550,4 +550,51 @@ async fn the_committed_script_installs_with_psql_and_eventstore_migrate_takes_it
     assert_eq!(appended.first_version, 0);
     store.pool().close().await;
     drop_owned(db, &owner).await;
+}
+
+#[tokio::test]
+async fn on_a_server_without_the_extension_a_database_owner_gets_the_portable_form_from_plain_migrate(
+) {
+    let cluster = pg_eventstore_tests::Cluster::start_without_extension("without-extension");
+    let mut admin = sqlx::PgConnection::connect(&cluster.url("postgres"))
+        .await
+        .unwrap();
+    let offered: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_eventstore'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(offered, 0, "this server does not offer the extension");
+    // The role managed PostgreSQL gives an application: it owns its database, and has no
+    // superuser, CREATEROLE or CREATEDB.
+    for statement in [
+        "CREATE ROLE app LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB",
+        "CREATE DATABASE app OWNER app",
+    ] {
+        sqlx::query(statement).execute(&mut admin).await.unwrap();
+    }
+    let url = cluster.url("app").replace("postgres@", "app@");
+    let applied = migrate(&url, &[]);
+    assert!(applied.contains("V1__"), "{applied}");
+    let store = EventStore::connect(&url).await.unwrap();
+    assert_eq!(store.installed_form().await.unwrap(), Some(Form::Portable));
+    let appended = store
+        .append(
+            "order-1",
+            ExpectedVersion::NoStream,
+            vec![EventData::json("placed", serde_json::json!({}))],
+        )
+        .await
+        .unwrap();
+    settled(store.pool()).await;
+    let read: Vec<u64> = store
+        .read_all(ReadAllOptions::default())
+        .map_ok(|e| e.position)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(read, vec![appended.last_position]);
+    store.pool().close().await;
+    admin.close().await.unwrap();
 }

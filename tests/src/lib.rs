@@ -407,8 +407,37 @@ impl Cluster {
 
     /// Starts the cluster in `dir` (initialised there first unless it has a data folder).
     fn start_in(dir: std::path::PathBuf, next_xid: Option<u64>) -> Cluster {
+        Self::start_with(dir, next_xid, &[])
+    }
+
+    /// Starts a new cluster of a PostgreSQL install that does not offer pg_eventstore
+    /// (`scripts/pg-without-extension.sh`), as managed PostgreSQL does not.
+    pub fn start_without_extension(name: &str) -> Cluster {
+        let install = Self::empty_folder(&format!("{name}-install"));
+        let output = std::process::Command::new(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../scripts/pg-without-extension.sh"),
+        )
+        .arg(&install)
+        .output()
+        .expect("scripts/pg-without-extension.sh runs");
+        assert!(
+            output.status.success(),
+            "no install without the extension: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let bin = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+        Self::start_with(
+            Self::empty_folder(name),
+            None,
+            &[("PGBIN", bin.as_str()), ("EVENTSTORE_PRELOAD", "0")],
+        )
+    }
+
+    fn start_with(dir: std::path::PathBuf, next_xid: Option<u64>, env: &[(&str, &str)]) -> Cluster {
         let mut start = std::process::Command::new(cluster_script());
         start.args(["start".as_ref(), dir.as_os_str()]);
+        start.envs(env.iter().copied());
         if let Some(xid) = next_xid {
             start.env("CLUSTER_NEXT_XID", xid.to_string());
         }
