@@ -23,7 +23,7 @@ use sqlx::postgres::PgConnection;
 use crate::{EventStore, Result};
 
 /// The key of the session advisory lock that the notifier of a database holds
-/// (`pg_advisory_lock(bigint)`, in pg_locks with objid 1163096399 and objsubid 1): "ESNO".
+/// (`pg_advisory_lock(bigint)`, in pg_locks with objid 1163087439 and objsubid 1): "ESNO".
 pub const NOTIFIER_LOCK: i64 = 0x4553_4e4f;
 
 /// How often the notifier reads the head, unless told otherwise.
