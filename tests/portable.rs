@@ -598,3 +598,134 @@ async fn on_a_server_without_the_extension_a_database_owner_gets_the_portable_fo
     store.pool().close().await;
     admin.close().await.unwrap();
 }
+
+/// Everything a switch of forms must keep, as text: the log, the position base, the groups'
+/// rows, leases and parked events, and the checkpoints.
+async fn kept_state(pool: &PgPool) -> Vec<String> {
+    let mut state = Vec::new();
+    for query in [
+        "SELECT position, stream, version, type, data, metadata, id, recorded_at FROM eventstore.events ORDER BY position",
+        "SELECT base FROM eventstore.position_base",
+        "SELECT * FROM eventstore.subscription_groups ORDER BY group_id",
+        "SELECT * FROM eventstore.group_events ORDER BY group_id, position",
+        "SELECT * FROM eventstore.group_leases ORDER BY group_id, first_position",
+        "SELECT * FROM projections.checkpoints ORDER BY name",
+    ] {
+        let rows: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT coalesce(json_agg(row_to_json(r))::text, '[]') FROM ({query}) AS r"
+        ))
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        state.extend(rows);
+    }
+    state
+}
+
+#[tokio::test]
+async fn a_portable_database_moves_to_the_extension_keeping_every_event_position_group_and_checkpoint(
+) {
+    let db = TestDb::empty(4).await;
+    migrate(&db.url(), &["--portable"]);
+    let store = EventStore::from_pool(db.pool.clone());
+    assert_eq!(store.installed_form().await.unwrap(), Some(Form::Portable));
+    for i in 0..6 {
+        store
+            .append(
+                &format!("order-{}", i % 3),
+                ExpectedVersion::Any,
+                vec![
+                    EventData::json("placed", serde_json::json!({"n": i})),
+                    EventData::json("paid", serde_json::json!({"n": i})),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    settled(&db.pool).await;
+    // A group in the middle of its work: one event acked, one parked, one leased.
+    let fetched: Vec<i64> = sqlx::raw_sql(
+        "SELECT eventstore.create_group('billing', ARRAY['order']); \
+         SELECT position FROM eventstore.fetch('billing', 'w1', 3);",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+    .iter()
+    .filter_map(|row| sqlx::Row::try_get(row, 0).ok())
+    .collect();
+    assert_eq!(fetched.len(), 3, "{fetched:?}");
+    sqlx::query(
+        "SELECT eventstore.ack('billing', 'w1', $1), eventstore.park('billing', 'w1', $2, 'bad')",
+    )
+    .bind(&fetched[0..1])
+    .bind(&fetched[1..2])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO projections.checkpoints (name, position, events_applied) VALUES ('shop', $1, 4)")
+        .bind(fetched[2])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let before = kept_state(&db.pool).await;
+    let head_before = store.head_position().await.unwrap();
+
+    let output = Command::new(eventstore_bin())
+        .args(["migrate", "--to-extension"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "migrate --to-extension failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("12 events, 1 groups"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
+    assert_eq!(store.installed_form().await.unwrap(), Some(Form::Extension));
+    assert_eq!(kept_state(&db.pool).await, before);
+    assert_eq!(store.head_position().await.unwrap(), head_before);
+    assert!(migrate(&db.url(), &[]).contains("the database is up to date"));
+    // The extension goes on from there: new positions above the old head, the group's
+    // parked event still parked and its lease still held, the rest still to deliver.
+    let appended = store
+        .append(
+            "order-9",
+            ExpectedVersion::NoStream,
+            vec![EventData::json("placed", serde_json::json!({}))],
+        )
+        .await
+        .unwrap();
+    assert!(appended.first_position > head_before);
+    settled(&db.pool).await;
+    let parked: Vec<i64> = sqlx::query_scalar("SELECT position FROM eventstore.parked('billing')")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(parked, vec![fetched[1]]);
+    let next: Vec<i64> =
+        sqlx::query_scalar("SELECT position FROM eventstore.fetch('billing', 'w2', 100)")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(next.len(), 12 - 3 + 1, "{next:?}");
+    assert!(
+        !next.contains(&fetched[0]) && !next.contains(&fetched[1]) && !next.contains(&fetched[2])
+    );
+    // A second switch is refused, and changes nothing.
+    let again = Command::new(eventstore_bin())
+        .args(["migrate", "--to-extension"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("has the pg_eventstore extension already")
+    );
+    db.drop_database().await;
+}

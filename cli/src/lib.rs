@@ -120,8 +120,13 @@ pub struct NotifyArgs {
 #[derive(Args)]
 pub struct MigrateArgs {
     /// Install the portable form even where the extension is available.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "to_extension")]
     portable: bool,
+    /// Move a database that has the portable form to the extension, keeping every event,
+    /// position, group and checkpoint (in one transaction; needs a superuser, and writers
+    /// stopped). Then apply the pending migrations.
+    #[arg(long)]
+    to_extension: bool,
 }
 
 /// The options of `run`.
@@ -432,6 +437,26 @@ impl App {
         let store = self.connect(global).await?;
         match command {
             Command::Run(args) => self.daemon(store, args).await,
+            Command::Migrate(args) if args.to_extension => {
+                let (switched, applied) = store.switch_to_extension().await?;
+                println!(
+                    "moved the store to the pg_eventstore extension: {} events, {} groups",
+                    switched.events, switched.groups
+                );
+                for migration in applied {
+                    println!(
+                        "applied V{}__{} ({})",
+                        migration.version,
+                        migration.name,
+                        pg_eventstore_client::HISTORY_TABLE
+                    );
+                }
+                // The application's own migrations, as a plain migrate applies them.
+                for (set, migration) in self.migrate(&store, Install::Auto).await? {
+                    println!("applied V{}__{} ({set})", migration.version, migration.name);
+                }
+                Ok(())
+            }
             Command::Migrate(args) => {
                 let install = if args.portable {
                     Install::Portable

@@ -110,7 +110,7 @@ pub use group::{
     HandlerError, ParkedEvent, StatsHandle,
 };
 pub use health::{Health, InFlightTransaction};
-pub use migrations::{AppliedMigration, Form, Install, HISTORY_TABLE};
+pub use migrations::{AppliedMigration, Form, Install, Switched, HISTORY_TABLE};
 pub use read::{EventStream, ReadAllOptions, ReadStreamOptions, MAX_PAGE_SIZE};
 pub use store::EventStore;
 pub use subscription::{Subscription, SubscriptionOptions, CHANNEL};

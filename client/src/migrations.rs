@@ -295,3 +295,159 @@ async fn run_locked(
         .await
         .map_err(Error::Migration)
 }
+
+/// The store's tables, in the order their rows are copied when a portable database moves to
+/// the extension.
+const STORE_TABLES: [&str; 5] = [
+    "position_base",
+    "subscription_groups",
+    "group_events",
+    "group_leases",
+    "events",
+];
+
+/// What [`switch_to_extension`] moved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Switched {
+    /// Events moved, at the positions they had.
+    pub events: i64,
+    /// Subscription groups moved, with their positions, leases, retries and parked events.
+    pub groups: i64,
+}
+
+/// Moves a portable database to the extension in one transaction, under the migration lock:
+/// the portable schema is renamed aside, `CREATE EXTENSION pg_eventstore` installs the same
+/// release, every row of the store's tables is copied at the same positions (the position
+/// base too), the group ids' sequence is carried over, the old schema is dropped, and the
+/// store's history rows get the extension's checksums. Projection checkpoints live in schema
+/// `projections` and stay as they are. Needs a role that may create the extension.
+pub(crate) async fn switch_to_extension(connection: &mut PgConnection) -> Result<Switched> {
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *connection)
+        .await?;
+    let switched = switch_locked(connection).await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *connection)
+        .await;
+    let switched = switched?;
+    unlocked?;
+    Ok(switched)
+}
+
+async fn switch_locked(connection: &mut PgConnection) -> Result<Switched> {
+    match installed_form(connection).await? {
+        Some(Form::Portable) => {}
+        Some(Form::Extension) => {
+            return Err(Error::InvalidArgument(
+                "the database has the pg_eventstore extension already".to_owned(),
+            ))
+        }
+        None => {
+            return Err(Error::InvalidArgument(
+                "the database has no store to move; eventstore migrate installs one".to_owned(),
+            ))
+        }
+    }
+    let version = crate::portable::VERSION;
+    let available: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_available_extension_versions \
+                        WHERE name = 'pg_eventstore' AND version = $1)",
+    )
+    .bind(version)
+    .fetch_one(&mut *connection)
+    .await?;
+    if !available {
+        return Err(Error::InvalidArgument(format!(
+            "this server does not offer pg_eventstore {version} (pg_available_extension_versions); \
+             install the extension first"
+        )));
+    }
+    // Views of the application's on the store's tables would be dropped with the old schema.
+    let dependents: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT v.oid::regclass::text FROM pg_catalog.pg_depend AS d \
+         JOIN pg_catalog.pg_rewrite AS r ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
+                                         AND d.objid = r.oid \
+         JOIN pg_catalog.pg_class AS v ON v.oid = r.ev_class \
+         JOIN pg_catalog.pg_class AS t ON d.refclassid = 'pg_catalog.pg_class'::regclass \
+                                        AND d.refobjid = t.oid \
+         WHERE t.relnamespace = 'eventstore'::regnamespace \
+           AND v.relnamespace <> 'eventstore'::regnamespace \
+         ORDER BY 1",
+    )
+    .fetch_all(&mut *connection)
+    .await?;
+    if !dependents.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "these views use the store's tables and would be dropped with the portable schema: \
+             {}; drop them first and create them again afterwards",
+            dependents.join(", ")
+        )));
+    }
+
+    let mut tx = connection.begin().await?;
+    let old = "eventstore_portable_moving";
+    sqlx::raw_sql(&format!(
+        "LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE; \
+         ALTER SCHEMA eventstore RENAME TO {old}; \
+         CREATE EXTENSION pg_eventstore VERSION '{version}';",
+        tables = STORE_TABLES
+            .iter()
+            .map(|t| format!("eventstore.{t}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .execute(&mut *tx)
+    .await?;
+    for table in STORE_TABLES {
+        let columns: Vec<String> = sqlx::query_scalar(
+            "SELECT quote_ident(attname) FROM pg_catalog.pg_attribute \
+             WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped \
+             ORDER BY attnum",
+        )
+        .bind(format!("eventstore.{table}"))
+        .fetch_all(&mut *tx)
+        .await?;
+        let columns = columns.join(", ");
+        let copy = if table == "position_base" {
+            // The one row the install made takes the old base.
+            format!(
+                "DELETE FROM eventstore.position_base; \
+                 INSERT INTO eventstore.position_base ({columns}) \
+                 SELECT {columns} FROM {old}.position_base"
+            )
+        } else {
+            format!(
+                "INSERT INTO eventstore.{table} ({columns}) OVERRIDING SYSTEM VALUE \
+                 SELECT {columns} FROM {old}.{table} ORDER BY 1"
+            )
+        };
+        sqlx::raw_sql(&copy).execute(&mut *tx).await?;
+    }
+    sqlx::raw_sql(&format!(
+        "SELECT setval(pg_catalog.pg_get_serial_sequence('eventstore.subscription_groups', 'group_id'), \
+                s.last_value, s.is_called) \
+         FROM {old}.subscription_groups_group_id_seq AS s; \
+         DROP SCHEMA {old} CASCADE;"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    for migration in extension_runner().get_migrations() {
+        sqlx::query(&format!(
+            "UPDATE {HISTORY_TABLE} SET checksum = $1 WHERE version = $2"
+        ))
+        .bind(migration.checksum().to_string())
+        .bind(migration.version())
+        .execute(&mut *tx)
+        .await?;
+    }
+    let (events, groups): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM eventstore.events), \
+                (SELECT count(*) FROM eventstore.subscription_groups)",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Switched { events, groups })
+}

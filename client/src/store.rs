@@ -10,7 +10,7 @@ use crate::subscription::{
     Listener, SharedFeed, SharedListener, Subscription, SubscriptionOptions, Target,
 };
 use crate::{
-    migrations::{self, Form, Install, MigrationSet},
+    migrations::{self, Form, Install, MigrationSet, Switched},
     AppendResult, AppliedMigration, Error, EventData, EventStream, ExpectedVersion, ReadAllOptions,
     ReadStreamOptions, Result,
 };
@@ -84,6 +84,21 @@ impl EventStore {
     /// is installed is an error.
     pub async fn migrate_with(&self, install: Install) -> Result<Vec<AppliedMigration>> {
         self.run_migrations(MigrationSet::Store(install)).await
+    }
+
+    /// Moves a database that has the portable form to the native extension (after moving it
+    /// to a server that offers the library), keeping every event at its position, every
+    /// group with its leases, retries and parked events, and the projection checkpoints; then
+    /// applies the store's migrations still pending. One transaction: on any error nothing
+    /// changes. Needs a role that may `CREATE EXTENSION pg_eventstore` (a superuser). Calls
+    /// waiting on the store's tables meanwhile fail when it commits; stop writers first.
+    pub async fn switch_to_extension(&self) -> Result<(Switched, Vec<AppliedMigration>)> {
+        let switched = {
+            let mut connection = self.pool.acquire().await?;
+            migrations::switch_to_extension(&mut connection).await?
+        };
+        let applied = self.migrate().await?;
+        Ok((switched, applied))
     }
 
     /// The form of the store in this database, or `None` before it is installed.
