@@ -18,7 +18,7 @@ expect() {
 }
 
 expect "projection daemon" "--help" "$bin" --help
-for sub in run migrate append read tail rebuild replay stats groups generate portable-sql; do
+for sub in run migrate append read tail rebuild replay stats groups generate portable-sql notify; do
   "$bin" "$sub" --help >/dev/null || fail "$sub --help"
 done
 
