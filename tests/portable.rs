@@ -13,7 +13,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 
 /// The portable form's own internals, which the extension implements inside its C functions.
-const PORTABLE_ONLY: [&str; 4] = [
+const PORTABLE_ONLY: [&str; 5] = [
+    "eventstore._insert_events(text,jsonb,bigint,bigint)",
     "eventstore._append_problem(text,jsonb,bigint,text)",
     "eventstore._append(text,jsonb,bigint,boolean,text)",
     "eventstore._parse_uuid(text)",

@@ -49,6 +49,37 @@ AS $$
         'hex')::uuid
 $$;
 
+-- Stores a checked batch at consecutive versions and positions; returns how many events it
+-- stored. PL/pgSQL, so that its plan is kept (a SQL function's is made on every call).
+-- Internal to the portable form.
+CREATE FUNCTION eventstore._insert_events(
+    stream text,
+    events jsonb,
+    first_version bigint,
+    first_position bigint
+) RETURNS int
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $$
+DECLARE
+    inserted int;
+BEGIN
+    INSERT INTO eventstore.events (position, stream, version, type, data, metadata, id)
+    SELECT _insert_events.first_position + e.n - 1,
+           _insert_events.stream,
+           _insert_events.first_version + e.n - 1,
+           e.value ->> 'type',
+           e.value -> 'data',
+           CASE WHEN jsonb_typeof(e.value -> 'metadata') = 'object' THEN e.value -> 'metadata'
+                ELSE '{}'::jsonb END,
+           CASE WHEN jsonb_typeof(e.value -> 'id') = 'string'
+                THEN eventstore._parse_uuid(e.value ->> 'id')
+                ELSE eventstore._uuid_v7() END
+    FROM jsonb_array_elements(_insert_events.events) WITH ORDINALITY AS e(value, n);
+    GET DIAGNOSTICS inserted = ROW_COUNT;
+    RETURN inserted;
+END
+$$;
+
 -- Raises the extension's error for the first thing wrong with an append's arguments, in
 -- the order the extension checks them. _append calls it only when its own quick checks
 -- fail, so that the messages cost nothing on the way of a good append. Internal to the
@@ -199,6 +230,7 @@ DECLARE
     first_index bigint;
     first_position bigint;
     event_count int;
+    inserted int;
     stored record;
     result eventstore.append_attempt;
     read_committed boolean := current_setting('transaction_isolation') = 'read committed';
@@ -358,32 +390,10 @@ BEGIN
     -- may predate an append that committed while this one waited for the lock: its version
     -- is taken, and appending on top of what this snapshot sees would be a lost update.
     IF read_committed THEN
-        INSERT INTO eventstore.events (position, stream, version, type, data, metadata, id)
-        SELECT first_position + e.n - 1,
-               _append.stream,
-               current_version + e.n,
-               e.value ->> 'type',
-               e.value -> 'data',
-               CASE WHEN jsonb_typeof(e.value -> 'metadata') = 'object' THEN e.value -> 'metadata'
-                    ELSE '{}'::jsonb END,
-               CASE WHEN jsonb_typeof(e.value -> 'id') = 'string'
-                    THEN eventstore._parse_uuid(e.value ->> 'id')
-                    ELSE eventstore._uuid_v7() END
-        FROM jsonb_array_elements(events) WITH ORDINALITY AS e(value, n);
+        inserted := eventstore._insert_events(stream, events, current_version + 1, first_position);
     ELSE
         BEGIN
-            INSERT INTO eventstore.events (position, stream, version, type, data, metadata, id)
-            SELECT first_position + e.n - 1,
-                   _append.stream,
-                   current_version + e.n,
-                   e.value ->> 'type',
-                   e.value -> 'data',
-                   CASE WHEN jsonb_typeof(e.value -> 'metadata') = 'object' THEN e.value -> 'metadata'
-                        ELSE '{}'::jsonb END,
-                   CASE WHEN jsonb_typeof(e.value -> 'id') = 'string'
-                        THEN eventstore._parse_uuid(e.value ->> 'id')
-                        ELSE eventstore._uuid_v7() END
-            FROM jsonb_array_elements(events) WITH ORDINALITY AS e(value, n);
+            inserted := eventstore._insert_events(stream, events, current_version + 1, first_position);
         EXCEPTION WHEN unique_violation THEN
             IF NOT EXISTS (SELECT FROM eventstore.events AS e
                            WHERE e.stream = _append.stream AND e.version = current_version + 1) THEN
