@@ -367,6 +367,7 @@ async fn of_two_daemons_one_runs_the_projection_and_the_other_takes_over_when_it
     let holders: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
          WHERE l.locktype = 'advisory' AND l.granted \
+           AND a.datname = current_database() \
            AND a.application_name = 'eventstore projection shop'",
     )
     .fetch_one(&db.pool)
