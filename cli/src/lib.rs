@@ -567,7 +567,7 @@ impl App {
             )));
         }
         // The portable form's wake-ups come from a notifier; the daemon runs one (which
-        // stands by while another process's notifies), stopped when the daemon stops.
+        // stands by while another process's notifier holds the lock), stopped with the daemon.
         let notifier = if notifier::needed(&store).await? {
             let store = store.clone();
             Some(tokio::spawn(async move {
