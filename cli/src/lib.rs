@@ -409,6 +409,16 @@ impl App {
             .into_iter()
             .map(|migration| (pg_eventstore_client::HISTORY_TABLE, migration))
             .collect();
+        applied.extend(self.migrate_application(store).await?);
+        Ok(applied)
+    }
+
+    /// Applies this program's own migration sets (the read models), not the store's.
+    async fn migrate_application(
+        &self,
+        store: &EventStore,
+    ) -> Result<Vec<(&'static str, AppliedMigration)>> {
+        let mut applied = Vec::new();
         for set in &self.migrations {
             let done = store.migrate_set((set.runner)(), set.history_table).await?;
             applied.extend(
@@ -451,8 +461,8 @@ impl App {
                         pg_eventstore_client::HISTORY_TABLE
                     );
                 }
-                // The application's own migrations, as a plain migrate applies them.
-                for (set, migration) in self.migrate(&store, Install::Auto).await? {
+                // The store's set ran above; this program's own sets are left.
+                for (set, migration) in self.migrate_application(&store).await? {
                     println!("applied V{}__{} ({set})", migration.version, migration.name);
                 }
                 Ok(())

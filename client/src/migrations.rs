@@ -226,22 +226,13 @@ pub(crate) async fn run(
     if let MigrationSet::Other(_, history_table) = &set {
         check_table_name(history_table)?;
     }
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(MIGRATION_LOCK)
-        .execute(&mut *connection)
-        .await?;
-    let report = match set {
+    let report = with_migration_lock(connection, async |connection| match set {
         MigrationSet::Store(install) => run_store(connection, install).await,
         MigrationSet::Other(runner, history_table) => {
             run_locked(connection, runner, history_table).await
         }
-    };
-    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(MIGRATION_LOCK)
-        .execute(&mut *connection)
-        .await;
-    let report = report?;
-    unlocked?;
+    })
+    .await?;
     Ok(report
         .applied_migrations()
         .iter()
@@ -250,6 +241,26 @@ pub(crate) async fn run(
             name: m.name().to_owned(),
         })
         .collect())
+}
+
+/// Runs `work` holding the migration lock (a session advisory lock), so that concurrent
+/// callers take turns; the lock is released whether `work` succeeds or fails.
+async fn with_migration_lock<T>(
+    connection: &mut PgConnection,
+    work: impl AsyncFnOnce(&mut PgConnection) -> Result<T>,
+) -> Result<T> {
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *connection)
+        .await?;
+    let outcome = work(&mut *connection).await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *connection)
+        .await;
+    let outcome = outcome?;
+    unlocked?;
+    Ok(outcome)
 }
 
 /// The store's set, under the migration lock.
@@ -322,18 +333,7 @@ pub struct Switched {
 /// store's history rows get the extension's checksums. Projection checkpoints live in schema
 /// `projections` and stay as they are. Needs a role that may create the extension.
 pub(crate) async fn switch_to_extension(connection: &mut PgConnection) -> Result<Switched> {
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(MIGRATION_LOCK)
-        .execute(&mut *connection)
-        .await?;
-    let switched = switch_locked(connection).await;
-    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(MIGRATION_LOCK)
-        .execute(&mut *connection)
-        .await;
-    let switched = switched?;
-    unlocked?;
-    Ok(switched)
+    with_migration_lock(connection, switch_locked).await
 }
 
 async fn switch_locked(connection: &mut PgConnection) -> Result<Switched> {
