@@ -401,6 +401,22 @@ async fn bad_input_gets_the_same_error_from_both_forms_and_writes_nothing() {
     .await;
 }
 
+/// Appends one `placed` event to `stream`.
+async fn place(
+    store: &EventStore,
+    stream: &str,
+    expected: ExpectedVersion,
+) -> pg_eventstore_client::AppendResult {
+    store
+        .append(
+            stream,
+            expected,
+            vec![EventData::json("placed", serde_json::json!({}))],
+        )
+        .await
+        .unwrap()
+}
+
 /// `eventstore notify` on `url`, killed when dropped.
 fn notifier(url: &str) -> tokio::process::Child {
     tokio::process::Command::new(eventstore_bin())
@@ -467,14 +483,7 @@ async fn the_notifier_wakes_listeners_and_a_second_one_takes_over_when_the_first
     .await;
     let holder = lock_holder(&portable).await;
     let _second = notifier(&url);
-    let appended = store
-        .append(
-            "order-1",
-            ExpectedVersion::Any,
-            vec![EventData::json("placed", serde_json::json!({}))],
-        )
-        .await
-        .unwrap();
+    let appended = place(&store, "order-1", ExpectedVersion::Any).await;
     woken_at(&mut listener, appended.last_position).await;
 
     first.kill().await.unwrap();
@@ -484,14 +493,7 @@ async fn the_notifier_wakes_listeners_and_a_second_one_takes_over_when_the_first
             .is_some_and(|pid| Some(pid) != holder)
     })
     .await;
-    let appended = store
-        .append(
-            "order-2",
-            ExpectedVersion::Any,
-            vec![EventData::json("placed", serde_json::json!({}))],
-        )
-        .await
-        .unwrap();
+    let appended = place(&store, "order-2", ExpectedVersion::Any).await;
     woken_at(&mut listener, appended.last_position).await;
 
     // On the extension's database there is nothing for a notifier to do.
@@ -540,14 +542,7 @@ async fn the_committed_script_installs_with_psql_and_eventstore_migrate_takes_it
     assert!(applied.contains("shop_schema_history"), "{applied}");
     let store = EventStore::connect(&url).await.unwrap();
     assert_eq!(store.installed_form().await.unwrap(), Some(Form::Portable));
-    let appended = store
-        .append(
-            "order-1",
-            ExpectedVersion::NoStream,
-            vec![EventData::json("placed", serde_json::json!({}))],
-        )
-        .await
-        .unwrap();
+    let appended = place(&store, "order-1", ExpectedVersion::NoStream).await;
     assert_eq!(appended.first_version, 0);
     store.pool().close().await;
     drop_owned(db, &owner).await;
@@ -580,14 +575,7 @@ async fn on_a_server_without_the_extension_a_database_owner_gets_the_portable_fo
     assert!(applied.contains("V1__"), "{applied}");
     let store = EventStore::connect(&url).await.unwrap();
     assert_eq!(store.installed_form().await.unwrap(), Some(Form::Portable));
-    let appended = store
-        .append(
-            "order-1",
-            ExpectedVersion::NoStream,
-            vec![EventData::json("placed", serde_json::json!({}))],
-        )
-        .await
-        .unwrap();
+    let appended = place(&store, "order-1", ExpectedVersion::NoStream).await;
     settled(store.pool()).await;
     let read: Vec<u64> = store
         .read_all(ReadAllOptions::default())
@@ -694,14 +682,7 @@ async fn a_portable_database_moves_to_the_extension_keeping_every_event_position
     assert!(migrate(&db.url(), &[]).contains("the database is up to date"));
     // The extension goes on from there: new positions above the old head, the group's
     // parked event still parked and its lease still held, the rest still to deliver.
-    let appended = store
-        .append(
-            "order-9",
-            ExpectedVersion::NoStream,
-            vec![EventData::json("placed", serde_json::json!({}))],
-        )
-        .await
-        .unwrap();
+    let appended = place(&store, "order-9", ExpectedVersion::NoStream).await;
     assert!(appended.first_position > head_before);
     settled(&db.pool).await;
     let parked: Vec<i64> = sqlx::query_scalar("SELECT position FROM eventstore.parked('billing')")

@@ -229,6 +229,8 @@ DECLARE
     first_index bigint;
     first_position bigint;
     event_count int;
+    -- _insert_events is called by assignment, a simple expression, where PERFORM would run
+    -- one more statement.
     inserted int;
     stored record;
     result eventstore.append_attempt;
@@ -255,8 +257,8 @@ BEGIN
         PERFORM FROM eventstore.position_base FOR KEY SHARE;
     END IF;
     -- In one statement: the events checked (how many are malformed, and the ids they
-    -- carry), the stream's head, whether any of the ids is stored
-    -- already, the position base and the last position this transaction has taken.
+    -- carry), the stream's head, whether any of the ids is stored already, the position
+    -- base and the last position this transaction has taken.
     SELECT v.bad_events, v.id_count, v.ids, v.event_count,
            h.version, h.position, b.base,
            v.id_count > 0 AND EXISTS (SELECT FROM eventstore.events AS s WHERE s.id = ANY (v.ids)),

@@ -320,6 +320,8 @@ DECLARE
     first_index bigint;
     first_position bigint;
     event_count int;
+    -- _insert_events is called by assignment, a simple expression, where PERFORM would run
+    -- one more statement.
     inserted int;
     stored record;
     result eventstore.append_attempt;
@@ -346,8 +348,8 @@ BEGIN
         PERFORM FROM eventstore.position_base FOR KEY SHARE;
     END IF;
     -- In one statement: the events checked (how many are malformed, and the ids they
-    -- carry), the stream's head, whether any of the ids is stored
-    -- already, the position base and the last position this transaction has taken.
+    -- carry), the stream's head, whether any of the ids is stored already, the position
+    -- base and the last position this transaction has taken.
     SELECT v.bad_events, v.id_count, v.ids, v.event_count,
            h.version, h.position, b.base,
            v.id_count > 0 AND EXISTS (SELECT FROM eventstore.events AS s WHERE s.id = ANY (v.ids)),
@@ -3308,7 +3310,7 @@ CREATE TABLE IF NOT EXISTS eventstore_schema_history (
     checksum varchar(255)
 );
 INSERT INTO eventstore_schema_history (version, name, applied_on, checksum) VALUES
-    (1, 'pg_eventstore_extension', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '799051081313807351'),
+    (1, 'pg_eventstore_extension', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '1720532353862809712'),
     (4, 'projection_checkpoints', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '5499302925602744275'),
     (6, 'pg_eventstore_update', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '1880440401792872651'),
     (7, 'pg_eventstore_update', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '11089183343356946527');
