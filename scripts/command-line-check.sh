@@ -18,9 +18,15 @@ expect() {
 }
 
 expect "projection daemon" "--help" "$bin" --help
-for sub in run migrate append read tail rebuild replay stats groups generate portable-sql notify; do
+for sub in run migrate append read tail rebuild replay stats groups generate portable-sql notify serve; do
   "$bin" "$sub" --help >/dev/null || fail "$sub --help"
 done
+
+# Without authentication the gRPC server listens on loopback only, unless told otherwise.
+if timeout 60 "$bin" serve --listen 0.0.0.0:0 >/dev/null 2>/tmp/err.$$; then
+  fail "serve on 0.0.0.0 without --insecure succeeded"
+fi
+grep -q "not a loopback address" /tmp/err.$$ || fail "serve on 0.0.0.0: $(cat /tmp/err.$$)"
 
 # Nothing listening: the command says so at once, naming the server.
 started=$(date +%s)

@@ -3,8 +3,9 @@
 #   1. the in-database #[pg_test] tests (pgrx runs them in a cluster of its own);
 #   0. formatting and lints (cargo fmt --check, clippy -D warnings on every target), and
 #      the released SQL frozen (scripts/check-frozen-sql.sh);
-#   2. the unit and doc tests of the client, the shop and the command crates, and the
-#      integration tests in tests/ against a private cluster that preloads the extension;
+#   2. the unit and doc tests of the client, the shop, the command and the gRPC server
+#      crates, and the integration tests in tests/ (among them EventStoreDB's own Rust
+#      client against eventstore serve) against a private cluster that preloads the extension;
 #      then the integration tests again with the portable form installed instead
 #      (EVENTSTORE_TEST_INSTALL=portable);
 #   3. the examples (the seed's minimal event store interface, the shop pipeline);
@@ -51,7 +52,7 @@ EVENTSTORE_TEST_PGDATA="$root/$cluster/data"
 # tests/projections.rs starts the eventstore binary as a separate process (and kills it).
 cargo build -p pg_eventstore_cli --bin eventstore
 export EVENTSTORE_BIN="$root/target/debug/eventstore"
-cargo test -p pg_eventstore_client -p pg_eventstore_shop -p pg_eventstore_cli -p pg_eventstore_tests 2>&1 | tee -a "$log"
+cargo test -p pg_eventstore_client -p pg_eventstore_shop -p pg_eventstore_cli -p pg_eventstore_server -p pg_eventstore_tests 2>&1 | tee -a "$log"
 echo "== the integration tests again, against the portable form (plain SQL and PL/pgSQL)"
 EVENTSTORE_TEST_INSTALL=portable cargo test -p pg_eventstore_tests 2>&1 | tee -a "$log"
 

@@ -57,6 +57,9 @@ pub enum CliError {
     /// The store refused or failed.
     #[error(transparent)]
     Store(#[from] pg_eventstore_client::Error),
+    /// The gRPC server could not start or failed.
+    #[error(transparent)]
+    Serve(#[from] pg_eventstore_server::ServeError),
 }
 
 /// A command's result.
@@ -106,6 +109,21 @@ pub enum Command {
     /// Several may run; one notifies, the others stand by. Exits at once where the
     /// extension sends the wake-ups itself.
     Notify(NotifyArgs),
+    /// Serve EventStoreDB's (KurrentDB's) gRPC protocol until SIGINT or SIGTERM, so that
+    /// applications written against its clients use this database unchanged
+    /// (esdb://127.0.0.1:2113?tls=false). Runs the portable form's notifier where needed.
+    Serve(ServeArgs),
+}
+
+/// The options of `serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The address and port to listen on.
+    #[arg(long, default_value = pg_eventstore_server::DEFAULT_LISTEN)]
+    listen: std::net::SocketAddr,
+    /// Listen on an address other than loopback although nothing authenticates callers.
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// The options of `notify`.
@@ -524,6 +542,7 @@ impl App {
                 .await;
                 Ok(())
             }
+            Command::Serve(args) => serve(store, args).await,
             Command::PortableSql => unreachable!("printed before connecting"),
         }
     }
@@ -665,6 +684,33 @@ impl App {
 
 /// Completes on SIGINT or SIGTERM. The handlers are installed when this is called, not when
 /// the future is first polled, so a signal that arrives meanwhile is not lost.
+async fn serve(store: EventStore, args: ServeArgs) -> Result<()> {
+    let options = pg_eventstore_server::ServeOptions {
+        listen: args.listen,
+        insecure: args.insecure,
+    };
+    let listener = pg_eventstore_server::Listener::bind(&options).await?;
+    let address = listener
+        .local_addr()
+        .map_err(|error| CliError::Usage(format!("cannot read the listening address: {error}")))?;
+    let notifier = if notifier::needed(&store).await? {
+        let store = store.clone();
+        Some(tokio::spawn(async move {
+            notifier::run(&store, notifier::DEFAULT_INTERVAL, std::future::pending()).await;
+        }))
+    } else {
+        None
+    };
+    // Scripts wait for this line to know the port is open.
+    println!("serving esdb://{address}?tls=false");
+    tracing::info!(%address, "serving gRPC; SIGINT or SIGTERM stops it");
+    let outcome = listener.serve(store, shutdown_signal()).await;
+    if let Some(notifier) = notifier {
+        notifier.abort();
+    }
+    Ok(outcome?)
+}
+
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt()).ok();
@@ -942,7 +988,10 @@ impl Command {
     /// The log level a subcommand prints at by default: `info` for the daemon, `warn` for
     /// the others.
     pub fn default_log_level(&self) -> &'static str {
-        if matches!(self, Command::Run(_) | Command::Notify(_)) {
+        if matches!(
+            self,
+            Command::Run(_) | Command::Notify(_) | Command::Serve(_)
+        ) {
             "info"
         } else {
             "warn"

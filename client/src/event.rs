@@ -77,6 +77,17 @@ impl EventData {
         }
     }
 
+    /// An event whose data is JSON text already checked by the caller (for example parsed
+    /// into a [`RawValue`] from bytes received): it is sent as it is.
+    pub fn raw(event_type: impl Into<String>, data: Box<RawValue>) -> Self {
+        EventData {
+            event_type: event_type.into(),
+            data,
+            metadata: None,
+            id: None,
+        }
+    }
+
     /// Gives the event this id. Without one the server assigns a fresh UUID; with one, a
     /// retried append of the same events is recognised and not written twice.
     #[must_use]

@@ -80,6 +80,9 @@ pub struct ReadAllOptions {
     pub(crate) consumer_group: Option<(u32, u32)>,
     pub(crate) page_size: u32,
     pub(crate) limit: Option<u64>,
+    /// Backwards reads of the global log: only events before this position (`None`: from
+    /// the head).
+    pub(crate) backwards: Option<Option<u64>>,
 }
 
 impl Default for ReadAllOptions {
@@ -91,6 +94,7 @@ impl Default for ReadAllOptions {
             consumer_group: None,
             page_size: 5_000,
             limit: None,
+            backwards: None,
         }
     }
 }
@@ -100,6 +104,16 @@ impl ReadAllOptions {
     #[must_use]
     pub fn after(mut self, position: u64) -> Self {
         self.after = position;
+        self
+    }
+
+    /// Global log only: reads in descending position order instead, from the newest event
+    /// readable now, or from the one before `before` (exclusive) when given. The same
+    /// events a forwards read hands out, newest first. [`ReadAllOptions::after`] and consumer
+    /// groups do not apply to it.
+    #[must_use]
+    pub fn backwards(mut self, before: Option<u64>) -> Self {
+        self.backwards = Some(before);
         self
     }
 
@@ -159,6 +173,12 @@ pub(crate) enum Cursor {
     },
     All {
         after: u64,
+        event_types: Option<Vec<String>>,
+        categories: Option<Vec<String>>,
+    },
+    /// The global log newest first, below `before` (`None`: from the head).
+    AllBackwards {
+        before: Option<u64>,
         event_types: Option<Vec<String>>,
         categories: Option<Vec<String>>,
     },
@@ -271,6 +291,30 @@ impl Cursor {
             .bind(count)
             .bind(event_types.as_deref())
             .bind(categories.as_deref()),
+            // The bound of what read_all hands out, so that both directions read the same
+            // events: every event below it belongs to an ended transaction.
+            Cursor::AllBackwards {
+                before,
+                event_types,
+                categories,
+            } => sqlx::query(concat!(
+                "SELECT ",
+                recorded_event_columns!(),
+                " FROM eventstore.events AS e \
+                 WHERE e.position < (SELECT h.visible_below FROM eventstore._log_horizon AS h) \
+                   AND ($1::bigint IS NULL OR e.position < $1) \
+                   AND ($3::text[] IS NULL OR e.type = ANY ($3)) \
+                   AND ($4::text[] IS NULL OR split_part(e.stream, '-', 1) = ANY ($4)) \
+                 ORDER BY e.position DESC LIMIT $2"
+            ))
+            .bind(
+                before
+                    .map(|before| to_i64("position", before))
+                    .transpose()?,
+            )
+            .bind(i64::from(count))
+            .bind(event_types.as_deref())
+            .bind(categories.as_deref()),
             Cursor::Category {
                 category,
                 after,
@@ -321,6 +365,7 @@ impl Cursor {
                 };
             }
             Cursor::All { after, .. } | Cursor::Category { after, .. } => *after = event.position,
+            Cursor::AllBackwards { before, .. } => *before = Some(event.position),
         }
     }
 

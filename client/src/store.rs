@@ -318,16 +318,19 @@ fn read_stream<'c>(
 }
 
 fn read_all(source: Source<'_>, options: ReadAllOptions) -> EventStream<'_> {
-    paged(
-        source,
-        Cursor::All {
+    let cursor = match options.backwards {
+        Some(before) => Cursor::AllBackwards {
+            before,
+            event_types: options.event_types,
+            categories: options.categories,
+        },
+        None => Cursor::All {
             after: options.after,
             event_types: options.event_types,
             categories: options.categories,
         },
-        options.page_size,
-        options.limit,
-    )
+    };
+    paged(source, cursor, options.page_size, options.limit)
 }
 
 fn read_category<'c>(
@@ -345,9 +348,11 @@ fn read_category<'c>(
             },
         );
     }
-    if options.event_types.is_some() || options.categories.is_some() {
+    if options.event_types.is_some() || options.categories.is_some() || options.backwards.is_some()
+    {
         let error = Error::InvalidArgument(
-            "a consumer-group read of a category takes no event-type or category filters"
+            "a consumer-group read of a category takes no event-type or category filters and \
+             reads forwards only"
                 .to_owned(),
         );
         return Box::pin(futures_util::stream::once(async move { Err(error) }));

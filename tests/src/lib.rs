@@ -624,3 +624,50 @@ pub async fn catalog(pool: &PgPool) -> std::collections::BTreeSet<String> {
     }
     lines
 }
+
+/// `eventstore serve` on a free loopback port of its own, for the database at `url`; killed
+/// when dropped unless stopped first.
+pub struct Served {
+    child: tokio::process::Child,
+    /// The connection string EventStoreDB's clients take: `esdb://127.0.0.1:<port>?tls=false`.
+    pub esdb_url: String,
+}
+
+impl Served {
+    /// Starts the server and waits (up to a minute) until it says it listens.
+    pub async fn start(url: &str) -> Served {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(eventstore_bin())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("DATABASE_URL", url)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("eventstore serve starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("eventstore serve says where it listens within a minute")
+            .expect("its stdout is readable")
+            .expect("eventstore serve prints the address it serves");
+        let esdb_url = line
+            .strip_prefix("serving ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        // Keep draining stdout so that the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Served { child, esdb_url }
+    }
+
+    /// Sends SIGTERM and waits (up to a minute) for the server to exit; returns its status.
+    pub async fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("still running") as libc::pid_t;
+        // SAFETY: kill(2) on the pid of our own child process.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        tokio::time::timeout(std::time::Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("eventstore serve exits within a minute of SIGTERM")
+            .expect("wait for eventstore serve")
+    }
+}

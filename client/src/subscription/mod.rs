@@ -485,7 +485,7 @@ impl Follow {
     fn checkpoint(&self) -> Option<u64> {
         match &self.cursor {
             Cursor::All { after, .. } | Cursor::Category { after, .. } => Some(*after),
-            Cursor::Stream { .. } => None,
+            Cursor::Stream { .. } | Cursor::AllBackwards { .. } => None,
         }
     }
 

@@ -1,0 +1,152 @@
+//! `eventstore serve`: EventStoreDB's (KurrentDB's) gRPC protocol in front of pg_eventstore.
+//!
+//! Applications written against EventStoreDB's own clients (`@eventstore/db-client`, the
+//! `kurrentdb` crate, ...) point their connection string at this server and run unchanged:
+//! appends, stream and `$all` reads, catch-up subscriptions and persistent subscriptions go
+//! to the store's SQL API in the PostgreSQL database the server connects to.
+//!
+//! How the protocol's notions map onto the store:
+//! - a stream revision is the event's version; an `$all` position is the store's position,
+//!   as both the commit and the prepare position;
+//! - JSON data is stored as the event's `jsonb` data; other data as a JSON string holding its
+//!   base64, with metadata `"$contentType": "application/octet-stream"` ([`mod@codec`]);
+//! - custom metadata that is a JSON object becomes the event's metadata, and its exact bytes
+//!   are kept too, so that it reads back byte for byte.
+
+#![deny(missing_docs)]
+// tonic's service methods return `Result<_, tonic::Status>`; helpers return the same type
+// rather than box what tonic then unboxes.
+#![allow(clippy::result_large_err)]
+
+pub mod codec;
+mod features;
+mod status;
+mod streams;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use pg_eventstore_client::EventStore;
+
+/// The code generated from `proto/` (see `build.rs`), in modules nested as the protobuf
+/// packages are, which the generated code's paths rely on.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    /// `event_store`.
+    pub mod event_store {
+        /// `event_store.client`: the messages the services share.
+        pub mod client {
+            tonic::include_proto!("event_store.client");
+            /// `event_store.client.streams`.
+            pub mod streams {
+                tonic::include_proto!("event_store.client.streams");
+            }
+            /// `event_store.client.server_features`.
+            pub mod server_features {
+                tonic::include_proto!("event_store.client.server_features");
+            }
+        }
+    }
+    pub use event_store::client as shared;
+    pub use event_store::client::{server_features, streams};
+}
+
+/// The version the server reports to clients (`X.Y.Z`, which the clients require).
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The address `eventstore serve` listens on unless told otherwise (EventStoreDB's port).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:2113";
+
+/// How to serve.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Allow a listening address other than loopback without authentication.
+    pub insecure: bool,
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Serving without authentication on an address other than loopback was not allowed.
+    #[error(
+        "{0} is not a loopback address: without TLS and authentication the server only \
+         listens on loopback; pass --insecure to serve on {0} anyway"
+    )]
+    NotLoopback(SocketAddr),
+    /// The listening socket could not be opened.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// What the system reported.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The transport failed.
+    #[error("gRPC transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A bound listening socket: the address is known (port 0 picks a free one) before serving.
+pub struct Listener {
+    listener: tokio::net::TcpListener,
+}
+
+impl Listener {
+    /// Binds `options.listen`, refusing a non-loopback address unless `options.insecure`.
+    pub async fn bind(options: &ServeOptions) -> Result<Self, ServeError> {
+        if !options.listen.ip().is_loopback() && !options.insecure {
+            return Err(ServeError::NotLoopback(options.listen));
+        }
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| ServeError::Listen {
+                address: options.listen,
+                source,
+            })?;
+        Ok(Listener { listener })
+    }
+
+    /// The address bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves the store's gRPC services until `shutdown` completes, then stops accepting
+    /// calls and waits for the calls in progress (subscriptions end at once).
+    pub async fn serve(
+        self,
+        store: EventStore,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let (stop_streams, stopped) = tokio::sync::watch::channel(false);
+        let streams = streams::Service::new(store.clone(), stopped);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+        let shutdown = async move {
+            shutdown.await;
+            // Long-lived calls (subscriptions) end now, so that the graceful shutdown below
+            // need not wait for clients that never hang up.
+            let _ = stop_streams.send(true);
+        };
+        tonic::transport::Server::builder()
+            // Clients ping every 10 s while calls are active: allow it.
+            .http2_keepalive_interval(None)
+            .add_service(
+                proto::streams::streams_server::StreamsServer::new(streams)
+                    .max_decoding_message_size(MAX_MESSAGE_SIZE),
+            )
+            .add_service(
+                proto::server_features::server_features_server::ServerFeaturesServer::new(
+                    features::Service,
+                ),
+            )
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The largest request message accepted: EventStoreDB's default largest append is 16 MiB.
+const MAX_MESSAGE_SIZE: usize = 17 * 1024 * 1024;

@@ -1,0 +1,614 @@
+//! EventStoreDB's official Rust client (the `kurrentdb` crate, unchanged) against
+//! `eventstore serve`: every call goes over gRPC to the server process, which uses a test
+//! database of its own; the store's SQL API is used beside it to check what was stored.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kurrentdb::{
+    AppendToStreamOptions, Client, ClientSettings, CurrentRevision, EventData, ReadAllOptions,
+    ReadStreamOptions, ResolvedEvent, StreamPosition, StreamState, SubscribeToAllOptions,
+    SubscribeToStreamOptions, SubscriptionEvent, SubscriptionFilter,
+};
+use pg_eventstore_tests::{Served, TestDb};
+use serde_json::json;
+use sqlx::Row;
+use uuid::Uuid;
+
+/// How long a test waits for something it expects, generous for a loaded 2-core machine.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+async fn serve() -> (TestDb, Served, Client) {
+    let db = TestDb::new(4).await;
+    let served = Served::start(&db.url()).await;
+    let settings: ClientSettings = served.esdb_url.parse().expect("a connection string");
+    let client = Client::new(settings).expect("a client");
+    (db, served, client)
+}
+
+fn event(event_type: &str, data: serde_json::Value) -> EventData {
+    EventData::json(event_type, &data)
+        .expect("JSON data")
+        .id(Uuid::new_v4())
+}
+
+async fn read_stream(
+    client: &Client,
+    stream: &str,
+    options: &ReadStreamOptions,
+) -> Vec<ResolvedEvent> {
+    let mut read = client
+        .read_stream(stream, options)
+        .await
+        .expect("read starts");
+    let mut events = Vec::new();
+    while let Some(event) = read.next().await.expect("read goes on") {
+        events.push(event);
+    }
+    events
+}
+
+async fn read_all(client: &Client, options: &ReadAllOptions) -> Vec<ResolvedEvent> {
+    let mut read = client.read_all(options).await.expect("read starts");
+    let mut events = Vec::new();
+    while let Some(event) = read.next().await.expect("read goes on") {
+        events.push(event);
+    }
+    events
+}
+
+fn revisions(events: &[ResolvedEvent]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e.get_original_event().revision)
+        .collect()
+}
+
+fn positions(events: &[ResolvedEvent]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e.get_original_event().position.commit)
+        .collect()
+}
+
+async fn stored_count(db: &TestDb, stream: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM eventstore.events WHERE stream = $1")
+        .bind(stream)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+fn expect_conflict(
+    result: kurrentdb::Result<kurrentdb::WriteResult>,
+    expected: StreamState,
+    current: CurrentRevision,
+) {
+    match result {
+        Err(kurrentdb::Error::WrongExpectedVersion {
+            expected: got_expected,
+            current: got_current,
+        }) => {
+            assert_eq!(got_expected, expected);
+            assert_eq!(got_current, current);
+        }
+        other => panic!("expected a wrong-expected-version error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn appends_check_every_kind_of_expected_revision_and_a_retry_is_idempotent() {
+    let (db, served, client) = serve().await;
+    let stream = "order-1";
+    let options = |state| AppendToStreamOptions::default().stream_state(state);
+
+    let first = vec![
+        event("order-placed", json!({"username": "ada"})),
+        event("order-paid", json!({"amount": 12})),
+    ];
+    let written = client
+        .append_to_stream(stream, &options(StreamState::NoStream), first.clone())
+        .await
+        .expect("the first append to a new stream");
+    assert_eq!(written.next_expected_version, 1);
+    let last_position: i64 = sqlx::query_scalar(
+        "SELECT position FROM eventstore.events WHERE stream = $1 AND version = 1",
+    )
+    .bind(stream)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(written.position.commit, last_position as u64);
+    assert_eq!(written.position.prepare, last_position as u64);
+
+    // The same events, ids and all, sent again after a lost reply: nothing new is written.
+    let retried = client
+        .append_to_stream(stream, &options(StreamState::NoStream), first)
+        .await
+        .expect("a retry of the same events succeeds");
+    assert_eq!(retried.next_expected_version, 1);
+    assert_eq!(stored_count(&db, stream).await, 2);
+
+    let another = || vec![event("order-shipped", json!({"carrier": "x"}))];
+    expect_conflict(
+        client
+            .append_to_stream(stream, &options(StreamState::NoStream), another())
+            .await,
+        StreamState::NoStream,
+        CurrentRevision::Current(1),
+    );
+    expect_conflict(
+        client
+            .append_to_stream(stream, &options(StreamState::StreamRevision(0)), another())
+            .await,
+        StreamState::StreamRevision(0),
+        CurrentRevision::Current(1),
+    );
+    expect_conflict(
+        client
+            .append_to_stream("order-2", &options(StreamState::StreamExists), another())
+            .await,
+        StreamState::StreamExists,
+        CurrentRevision::NoStream,
+    );
+    expect_conflict(
+        client
+            .append_to_stream(
+                "order-2",
+                &options(StreamState::StreamRevision(0)),
+                another(),
+            )
+            .await,
+        StreamState::StreamRevision(0),
+        CurrentRevision::NoStream,
+    );
+    assert_eq!(
+        stored_count(&db, stream).await,
+        2,
+        "conflicts write nothing"
+    );
+    assert_eq!(
+        stored_count(&db, "order-2").await,
+        0,
+        "conflicts write nothing"
+    );
+
+    let exact = client
+        .append_to_stream(stream, &options(StreamState::StreamRevision(1)), another())
+        .await
+        .expect("the exact revision");
+    assert_eq!(exact.next_expected_version, 2);
+    let exists = client
+        .append_to_stream(stream, &options(StreamState::StreamExists), another())
+        .await
+        .expect("an existing stream");
+    assert_eq!(exists.next_expected_version, 3);
+    let any = client
+        .append_to_stream(stream, &options(StreamState::Any), another())
+        .await
+        .expect("any revision");
+    assert_eq!(any.next_expected_version, 4);
+    assert!(any.position.commit > exists.position.commit);
+    assert_eq!(stored_count(&db, stream).await, 5);
+
+    // Through SQL the events are the store's own: types, data and ids as sent.
+    let rows = sqlx::query("SELECT type, data FROM eventstore.read_stream($1)")
+        .bind(stream)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let first_type: String = rows[0].get("type");
+    let first_data: serde_json::Value = rows[0].get("data");
+    assert_eq!(first_type, "order-placed");
+    assert_eq!(first_data, json!({"username": "ada"}));
+
+    // An id used in another stream is refused, and nothing is written.
+    let reused: Uuid = sqlx::query_scalar("SELECT id FROM eventstore.events LIMIT 1")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let result = client
+        .append_to_stream(
+            "order-3",
+            &options(StreamState::Any),
+            EventData::json("order-placed", &json!({}))
+                .unwrap()
+                .id(reused),
+        )
+        .await;
+    assert!(result.is_err(), "a reused id is refused: {result:?}");
+    assert_eq!(stored_count(&db, "order-3").await, 0);
+
+    // Deleting is refused clearly: the store keeps every event.
+    let deleted = client
+        .delete_stream(stream, &kurrentdb::DeleteStreamOptions::default())
+        .await;
+    assert!(deleted.is_err(), "{deleted:?}");
+    assert_eq!(stored_count(&db, stream).await, 5);
+
+    let status = served.stop().await;
+    assert!(status.success(), "eventstore serve exited with {status}");
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn streams_and_all_read_both_ways_from_anywhere() {
+    let (db, served, client) = serve().await;
+    for n in 0..5 {
+        client
+            .append_to_stream(
+                "user-ada",
+                &AppendToStreamOptions::default(),
+                event("user-renamed", json!({"fullName": format!("Ada {n}")})),
+            )
+            .await
+            .unwrap();
+        client
+            .append_to_stream(
+                "user-bob",
+                &AppendToStreamOptions::default(),
+                event("user-renamed", json!({"fullName": format!("Bob {n}")})),
+            )
+            .await
+            .unwrap();
+    }
+    db.settled().await;
+
+    let forwards = read_stream(&client, "user-ada", &ReadStreamOptions::default()).await;
+    assert_eq!(revisions(&forwards), [0, 1, 2, 3, 4]);
+    assert!(forwards
+        .iter()
+        .all(|e| e.get_original_event().stream_id() == "user-ada"));
+    let named: serde_json::Value = forwards[2].get_original_event().as_json().unwrap();
+    assert_eq!(named, json!({"fullName": "Ada 2"}));
+
+    let from_two = ReadStreamOptions::default()
+        .position(StreamPosition::Position(2))
+        .max_count(2);
+    assert_eq!(
+        revisions(&read_stream(&client, "user-ada", &from_two).await),
+        [2, 3]
+    );
+    let last_two = ReadStreamOptions::default()
+        .backwards()
+        .position(StreamPosition::End)
+        .max_count(2);
+    assert_eq!(
+        revisions(&read_stream(&client, "user-ada", &last_two).await),
+        [4, 3]
+    );
+    let down_from_one = ReadStreamOptions::default()
+        .backwards()
+        .position(StreamPosition::Position(1));
+    assert_eq!(
+        revisions(&read_stream(&client, "user-ada", &down_from_one).await),
+        [1, 0]
+    );
+
+    let mut missing = client
+        .read_stream("user-nobody", &ReadStreamOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        missing.next().await,
+        Err(kurrentdb::Error::ResourceNotFound)
+    ));
+
+    // $all holds what the store's global log holds, in its order.
+    let log: Vec<i64> =
+        sqlx::query_scalar("SELECT position FROM eventstore.read_all(0, 1000) ORDER BY position")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let log: Vec<u64> = log.into_iter().map(|p| p as u64).collect();
+    assert_eq!(log.len(), 10);
+    let all = read_all(&client, &ReadAllOptions::default()).await;
+    assert_eq!(positions(&all), log);
+    let backwards = read_all(
+        &client,
+        &ReadAllOptions::default()
+            .backwards()
+            .position(StreamPosition::End),
+    )
+    .await;
+    let mut reversed = log.clone();
+    reversed.reverse();
+    assert_eq!(positions(&backwards), reversed);
+
+    // Forwards from a position includes it; backwards from a position excludes it.
+    let at = kurrentdb::Position {
+        commit: log[4],
+        prepare: log[4],
+    };
+    let from = read_all(
+        &client,
+        &ReadAllOptions::default()
+            .position(StreamPosition::Position(at))
+            .max_count(3),
+    )
+    .await;
+    assert_eq!(positions(&from), &log[4..7]);
+    let before = read_all(
+        &client,
+        &ReadAllOptions::default()
+            .backwards()
+            .position(StreamPosition::Position(at)),
+    )
+    .await;
+    assert_eq!(positions(&before), [log[3], log[2], log[1], log[0]]);
+
+    let status = served.stop().await;
+    assert!(status.success(), "eventstore serve exited with {status}");
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn binary_data_and_custom_metadata_round_trip_and_json_stays_queryable() {
+    let (db, served, client) = serve().await;
+    let binary = Bytes::from_static(&[0, 159, 146, 150, 255, b'{', b'"']);
+    let raw_metadata = Bytes::from_static(b"\x01\x02not json\xff");
+    let json_metadata =
+        Bytes::from_static(br#"{"$correlationId":"c-1","$causationId":"d-2","z":1}"#);
+    client
+        .append_to_stream(
+            "blob-1",
+            &AppendToStreamOptions::default(),
+            vec![
+                EventData::binary("blob-written", binary.clone())
+                    .id(Uuid::new_v4())
+                    .metadata(raw_metadata.clone()),
+                EventData::json("blob-described", &json!({"size": 7, "name": "ada"}))
+                    .unwrap()
+                    .id(Uuid::new_v4())
+                    .metadata(json_metadata.clone()),
+            ],
+        )
+        .await
+        .unwrap();
+
+    let events = read_stream(&client, "blob-1", &ReadStreamOptions::default()).await;
+    let written = events[0].get_original_event();
+    assert!(!written.is_json);
+    assert_eq!(written.data, binary);
+    assert_eq!(written.custom_metadata, raw_metadata);
+    assert_eq!(written.event_type, "blob-written");
+    let described = events[1].get_original_event();
+    assert!(described.is_json);
+    assert_eq!(described.custom_metadata, json_metadata);
+    let data: serde_json::Value = described.as_json().unwrap();
+    assert_eq!(data, json!({"size": 7, "name": "ada"}));
+
+    // SQL users query what gRPC clients wrote: JSON data and metadata objects are jsonb.
+    let row = sqlx::query(
+        "SELECT data->>'name' AS name, metadata->>'$correlationId' AS correlation, \
+                recorded_at, id \
+         FROM eventstore.events WHERE stream = 'blob-1' AND version = 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>("name"), "ada");
+    assert_eq!(row.get::<String, _>("correlation"), "c-1");
+    assert_eq!(row.get::<Uuid, _>("id"), described.id);
+    let recorded_at: chrono::DateTime<chrono::Utc> = row.get("recorded_at");
+    // `created` is recorded_at in 100-ns ticks; this client keeps whole seconds of it.
+    assert_eq!(
+        described.metadata["created"],
+        (recorded_at.timestamp_micros() * 10).to_string()
+    );
+    assert_eq!(described.created.timestamp(), recorded_at.timestamp());
+
+    let status = served.stop().await;
+    assert!(status.success(), "eventstore serve exited with {status}");
+    db.drop_database().await;
+}
+
+/// Waits for the next event a subscription delivers, skipping confirmations, checkpoints
+/// and the like.
+/// Waits for the server's confirmation that `subscription` is established (this client
+/// makes the call when first asked for an event).
+async fn confirmed(subscription: &mut kurrentdb::Subscription) {
+    let first = tokio::time::timeout(PATIENCE, subscription.next_subscription_event())
+        .await
+        .expect("the subscription is confirmed within the deadline")
+        .expect("the subscription starts");
+    assert!(
+        matches!(first, SubscriptionEvent::Confirmed(_)),
+        "{first:?}"
+    );
+}
+
+#[track_caller]
+fn next_event(
+    subscription: &mut kurrentdb::Subscription,
+) -> impl std::future::Future<Output = ResolvedEvent> + '_ {
+    let caller = std::panic::Location::caller();
+    async move {
+        tokio::time::timeout(PATIENCE, subscription.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("no event within the deadline for the subscription at {caller}")
+            })
+            .expect("the subscription goes on")
+    }
+}
+
+#[tokio::test]
+async fn a_filtered_subscription_to_all_catches_up_and_then_goes_live() {
+    let (db, served, client) = serve().await;
+    let store = pg_eventstore_client::EventStore::from_pool(db.pool.clone());
+    let append = |stream: &'static str, event_type: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .append(
+                    stream,
+                    pg_eventstore_client::ExpectedVersion::Any,
+                    [pg_eventstore_client::EventData::json(event_type, json!({}))],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    append("user-ada", "user-created").await;
+    append("$settings", "$metadata").await;
+    append("user-ada", "user-renamed").await;
+    db.settled().await;
+
+    let options = SubscribeToAllOptions::default()
+        .position(StreamPosition::Start)
+        .filter(
+            SubscriptionFilter::on_event_type()
+                .exclude_system_events()
+                .max(1),
+        );
+    let mut subscription = client.subscribe_to_all(&options).await;
+    let mut seen = Vec::new();
+    let mut checkpoints = 0;
+    let mut caught_up = false;
+    while seen.len() < 2 || !caught_up {
+        let next = tokio::time::timeout(PATIENCE, subscription.next_subscription_event())
+            .await
+            .expect("the subscription goes on within the deadline")
+            .expect("the subscription does not fail");
+        match next {
+            SubscriptionEvent::EventAppeared(event) => {
+                seen.push(event.get_original_event().event_type.clone());
+            }
+            SubscriptionEvent::Checkpoint(_) => checkpoints += 1,
+            SubscriptionEvent::CaughtUp(_) => caught_up = true,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        seen,
+        ["user-created", "user-renamed"],
+        "system events are filtered out"
+    );
+    assert!(
+        checkpoints >= 3,
+        "a checkpoint per event considered (window 1): {checkpoints}"
+    );
+
+    // Live: new events arrive as they are appended, system ones still filtered out.
+    append("$settings", "$metadata").await;
+    let live = append("user-bob", "user-created").await;
+    let event = next_event(&mut subscription).await;
+    assert_eq!(event.get_original_event().stream_id(), "user-bob");
+    assert_eq!(
+        event.get_original_event().position.commit,
+        live.last_position
+    );
+
+    // A subscription from a position starts after it.
+    let after = kurrentdb::Position {
+        commit: live.last_position,
+        prepare: live.last_position,
+    };
+    let mut later = client
+        .subscribe_to_all(
+            &SubscribeToAllOptions::default().position(StreamPosition::Position(after)),
+        )
+        .await;
+    let next = append("user-cy", "user-created").await;
+    let event = next_event(&mut later).await;
+    assert_eq!(
+        event.get_original_event().position.commit,
+        next.last_position
+    );
+    let event = next_event(&mut subscription).await;
+    assert_eq!(event.get_original_event().stream_id(), "user-cy");
+
+    drop(subscription);
+    drop(later);
+    let status = served.stop().await;
+    assert!(status.success(), "eventstore serve exited with {status}");
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_stream_subscription_starts_after_its_revision_and_follows_the_stream() {
+    let (db, served, client) = serve().await;
+    for n in 0..3 {
+        client
+            .append_to_stream(
+                "order-9",
+                &AppendToStreamOptions::default(),
+                event("order-note", json!({"n": n})),
+            )
+            .await
+            .unwrap();
+    }
+    let mut from_one = client
+        .subscribe_to_stream(
+            "order-9",
+            &SubscribeToStreamOptions::default().start_from(StreamPosition::Position(1)),
+        )
+        .await;
+    assert_eq!(
+        next_event(&mut from_one)
+            .await
+            .get_original_event()
+            .revision,
+        2
+    );
+    let mut from_start = client
+        .subscribe_to_stream(
+            "order-9",
+            &SubscribeToStreamOptions::default().start_from(StreamPosition::Start),
+        )
+        .await;
+    for revision in 0..3 {
+        assert_eq!(
+            next_event(&mut from_start)
+                .await
+                .get_original_event()
+                .revision,
+            revision
+        );
+    }
+    client
+        .append_to_stream(
+            "order-9",
+            &AppendToStreamOptions::default(),
+            event("order-note", json!({"n": 3})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        next_event(&mut from_one)
+            .await
+            .get_original_event()
+            .revision,
+        3
+    );
+    assert_eq!(
+        next_event(&mut from_start)
+            .await
+            .get_original_event()
+            .revision,
+        3
+    );
+
+    // A subscription to a stream that does not exist yet (from its end, this client's
+    // default) waits for it.
+    let mut waiting = client
+        .subscribe_to_stream("order-10", &SubscribeToStreamOptions::default())
+        .await;
+    confirmed(&mut waiting).await;
+    client
+        .append_to_stream(
+            "order-10",
+            &AppendToStreamOptions::default(),
+            event("order-placed", json!({})),
+        )
+        .await
+        .unwrap();
+    let first = next_event(&mut waiting).await;
+    assert_eq!(first.get_original_event().stream_id(), "order-10");
+
+    // SIGTERM ends the open subscriptions and the server exits cleanly.
+    let status = served.stop().await;
+    assert!(status.success(), "eventstore serve exited with {status}");
+    db.drop_database().await;
+}
