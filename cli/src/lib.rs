@@ -595,16 +595,9 @@ impl App {
                 self.name
             )));
         }
-        // The portable form's wake-ups come from a notifier; the daemon runs one (which
-        // stands by while another process's notifier holds the lock), stopped with the daemon.
-        let notifier = if notifier::needed(&store).await? {
-            let store = store.clone();
-            Some(tokio::spawn(async move {
-                notifier::run(&store, notifier::DEFAULT_INTERVAL, std::future::pending()).await;
-            }))
-        } else {
-            None
-        };
+        // The portable form's wake-ups come from a notifier; the daemon runs one, stopped
+        // with the daemon.
+        let notifier = spawn_notifier_if_needed(&store).await?;
         let mut daemon = Daemon::new(store, options);
         for projection in projections {
             daemon = daemon.with_shared(projection);
@@ -684,6 +677,20 @@ impl App {
 
 /// Completes on SIGINT or SIGTERM. The handlers are installed when this is called, not when
 /// the future is first polled, so a signal that arrives meanwhile is not lost.
+/// Starts the portable form's notifier when the database needs one (it stands by while
+/// another process's notifier holds the lock); the caller aborts it when it stops.
+async fn spawn_notifier_if_needed(
+    store: &EventStore,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    if !notifier::needed(store).await? {
+        return Ok(None);
+    }
+    let store = store.clone();
+    Ok(Some(tokio::spawn(async move {
+        notifier::run(&store, notifier::DEFAULT_INTERVAL, std::future::pending()).await;
+    })))
+}
+
 async fn serve(store: EventStore, args: ServeArgs) -> Result<()> {
     let options = pg_eventstore_server::ServeOptions {
         listen: args.listen,
@@ -693,14 +700,7 @@ async fn serve(store: EventStore, args: ServeArgs) -> Result<()> {
     let address = listener
         .local_addr()
         .map_err(|error| CliError::Usage(format!("cannot read the listening address: {error}")))?;
-    let notifier = if notifier::needed(&store).await? {
-        let store = store.clone();
-        Some(tokio::spawn(async move {
-            notifier::run(&store, notifier::DEFAULT_INTERVAL, std::future::pending()).await;
-        }))
-    } else {
-        None
-    };
+    let notifier = spawn_notifier_if_needed(&store).await?;
     // Scripts wait for this line to know the port is open.
     println!("serving esdb://{address}?tls=false");
     tracing::info!(%address, "serving gRPC; SIGINT or SIGTERM stops it");
