@@ -32,15 +32,7 @@ fn event(event_type: &str, data: serde_json::Value) -> EventData {
         .id(Uuid::new_v4())
 }
 
-async fn read_stream(
-    client: &Client,
-    stream: &str,
-    options: &ReadStreamOptions,
-) -> Vec<ResolvedEvent> {
-    let mut read = client
-        .read_stream(stream, options)
-        .await
-        .expect("read starts");
+async fn drain(mut read: kurrentdb::ReadStream) -> Vec<ResolvedEvent> {
     let mut events = Vec::new();
     while let Some(event) = read.next().await.expect("read goes on") {
         events.push(event);
@@ -48,13 +40,22 @@ async fn read_stream(
     events
 }
 
+async fn read_stream(
+    client: &Client,
+    stream: &str,
+    options: &ReadStreamOptions,
+) -> Vec<ResolvedEvent> {
+    drain(
+        client
+            .read_stream(stream, options)
+            .await
+            .expect("read starts"),
+    )
+    .await
+}
+
 async fn read_all(client: &Client, options: &ReadAllOptions) -> Vec<ResolvedEvent> {
-    let mut read = client.read_all(options).await.expect("read starts");
-    let mut events = Vec::new();
-    while let Some(event) = read.next().await.expect("read goes on") {
-        events.push(event);
-    }
-    events
+    drain(client.read_all(options).await.expect("read starts")).await
 }
 
 fn revisions(events: &[ResolvedEvent]) -> Vec<u64> {

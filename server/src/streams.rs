@@ -251,17 +251,10 @@ fn wrong_expected_version(expected: ExpectedVersion, actual: Option<u64>) -> App
     })
 }
 
-/// Where a stream read or subscription starts.
+/// Where a read or subscription starts: a stream revision for streams, a commit position for
+/// `$all`.
 #[derive(Clone, Copy, Debug)]
-enum Revision {
-    Start,
-    End,
-    At(u64),
-}
-
-/// Where a read or subscription of `$all` starts.
-#[derive(Clone, Copy, Debug)]
-enum Position {
+enum Origin {
     Start,
     End,
     At(u64),
@@ -332,14 +325,14 @@ impl Filter {
 enum Read {
     Stream {
         stream: String,
-        from: Revision,
+        from: Origin,
         backwards: bool,
         count: u64,
         last_position: bool,
         structured: bool,
     },
     All {
-        from: Position,
+        from: Origin,
         backwards: bool,
         count: u64,
         filter: Option<Filter>,
@@ -347,11 +340,11 @@ enum Read {
     },
     StreamSubscription {
         stream: String,
-        from: Revision,
+        from: Origin,
         structured: bool,
     },
     AllSubscription {
-        from: Position,
+        from: Origin,
         filter: Option<Filter>,
         structured: bool,
     },
@@ -364,10 +357,8 @@ impl Read {
             Some(uuid_option::Content::String(Empty {})) => false,
             None => return Err(invalid("a read names its uuid_option")),
         };
-        if options.resolve_links {
-            // Nothing to resolve: the store writes no link events. Reading with it set is the
-            // same as reading without.
-        }
+        // `resolve_links` needs no handling: the store writes no link events, so a read with it
+        // set is the same as one without.
         let backwards = options.read_direction == ReadDirection::Backwards as i32;
         let filter = match options.filter_option {
             Some(FilterOption::Filter(filter)) => Some(Filter::parse(filter)?),
@@ -384,10 +375,10 @@ impl Read {
                     .map_err(status::codec)?;
                 let from = match stream_options.revision_option {
                     Some(RevisionOption::Revision(END)) | Some(RevisionOption::End(Empty {})) => {
-                        Revision::End
+                        Origin::End
                     }
-                    Some(RevisionOption::Revision(revision)) => Revision::At(revision),
-                    Some(RevisionOption::Start(Empty {})) | None => Revision::Start,
+                    Some(RevisionOption::Revision(revision)) => Origin::At(revision),
+                    Some(RevisionOption::Start(Empty {})) | None => Origin::Start,
                 };
                 if filter.is_some() {
                     return Err(invalid("filters apply to reads of $all only"));
@@ -414,7 +405,7 @@ impl Read {
             Some(StreamOption::All(all_options)) => {
                 let from = match all_options.all_option {
                     Some(AllOption::Position(position)) if position.commit_position == END => {
-                        Position::End
+                        Origin::End
                     }
                     Some(AllOption::Position(position)) => {
                         if position.commit_position > i64::MAX as u64 {
@@ -423,10 +414,10 @@ impl Read {
                                 position.commit_position
                             )));
                         }
-                        Position::At(position.commit_position)
+                        Origin::At(position.commit_position)
                     }
-                    Some(AllOption::End(Empty {})) => Position::End,
-                    Some(AllOption::Start(Empty {})) | None => Position::Start,
+                    Some(AllOption::End(Empty {})) => Origin::End,
+                    Some(AllOption::Start(Empty {})) | None => Origin::Start,
                 };
                 match count {
                     Some(count) => Ok(Read::All {
@@ -524,7 +515,7 @@ async fn read_stream(
     store: &EventStore,
     tx: &Sender,
     stream: &str,
-    from: Revision,
+    from: Origin,
     backwards: bool,
     count: u64,
     last_position: bool,
@@ -541,16 +532,16 @@ async fn read_stream(
         return Ok(());
     };
     let options = match (from, backwards) {
-        (Revision::Start, false) => Some(ReadStreamOptions::forwards()),
-        (Revision::At(revision), false) if revision <= last => {
+        (Origin::Start, false) => Some(ReadStreamOptions::forwards()),
+        (Origin::At(revision), false) if revision <= last => {
             Some(ReadStreamOptions::forwards().from_version(revision))
         }
-        (Revision::At(_) | Revision::End, false) => None,
-        (Revision::Start, true) => Some(ReadStreamOptions::backwards().from_version(0)),
-        (Revision::At(revision), true) => {
+        (Origin::At(_) | Origin::End, false) => None,
+        (Origin::Start, true) => Some(ReadStreamOptions::backwards().from_version(0)),
+        (Origin::At(revision), true) => {
             Some(ReadStreamOptions::backwards().from_version(revision.min(last)))
         }
-        (Revision::End, true) => Some(ReadStreamOptions::backwards()),
+        (Origin::End, true) => Some(ReadStreamOptions::backwards()),
     };
     if let Some(options) = options.filter(|_| count > 0) {
         let mut events =
@@ -571,22 +562,22 @@ async fn read_stream(
 async fn read_all(
     store: &EventStore,
     tx: &Sender,
-    from: Position,
+    from: Origin,
     backwards: bool,
     count: u64,
     filter: Option<Filter>,
     structured: bool,
 ) -> Result<(), Status> {
     let options = match (from, backwards) {
-        (Position::Start, false) => ReadAllOptions::default(),
+        (Origin::Start, false) => ReadAllOptions::default(),
         // Forwards from a position includes the event at it.
-        (Position::At(position), false) => {
+        (Origin::At(position), false) => {
             ReadAllOptions::default().after(position.saturating_sub(1))
         }
-        (Position::End, false) | (Position::Start, true) => return Ok(()),
+        (Origin::End, false) | (Origin::Start, true) => return Ok(()),
         // Backwards from a position excludes it.
-        (Position::At(position), true) => ReadAllOptions::default().backwards(Some(position)),
-        (Position::End, true) => ReadAllOptions::default().backwards(None),
+        (Origin::At(position), true) => ReadAllOptions::default().backwards(Some(position)),
+        (Origin::End, true) => ReadAllOptions::default().backwards(None),
     };
     if count == 0 {
         return Ok(());
@@ -638,7 +629,7 @@ fn checkpoint(position: u64) -> Content {
 async fn subscribe_to_all(
     store: &EventStore,
     tx: &Sender,
-    from: Position,
+    from: Origin,
     filter: Option<Filter>,
     structured: bool,
 ) -> Result<(), Status> {
@@ -650,9 +641,9 @@ async fn subscribe_to_all(
     }
     // Starts are exclusive: a subscription from a position begins after it.
     let after = match from {
-        Position::Start => 0,
-        Position::At(position) => position,
-        Position::End => head,
+        Origin::Start => 0,
+        Origin::At(position) => position,
+        Origin::End => head,
     };
     let caught_up = |position: u64| {
         Content::CaughtUp(read_resp::CaughtUp {
@@ -709,7 +700,7 @@ async fn subscribe_to_stream(
     store: &EventStore,
     tx: &Sender,
     stream: &str,
-    from: Revision,
+    from: Origin,
     structured: bool,
 ) -> Result<(), Status> {
     // The start is fixed before the confirmation, as for $all.
@@ -719,9 +710,9 @@ async fn subscribe_to_stream(
     }
     // Starts are exclusive: a subscription from a revision begins after it.
     let next = match from {
-        Revision::Start => 0,
-        Revision::At(revision) => revision.saturating_add(1),
-        Revision::End => last.map_or(0, |last| last + 1),
+        Origin::Start => 0,
+        Origin::At(revision) => revision.saturating_add(1),
+        Origin::End => last.map_or(0, |last| last + 1),
     };
     let caught_up = |revision: Option<u64>| {
         Content::CaughtUp(read_resp::CaughtUp {
