@@ -2,7 +2,11 @@
 //! Rust: building the server needs no `protoc` binary.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/streams.proto", "proto/serverfeatures.proto"];
+    let files = [
+        "proto/streams.proto",
+        "proto/persistent.proto",
+        "proto/serverfeatures.proto",
+    ];
     for file in files.iter().chain(&["proto/shared.proto"]) {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kurrentdb::{
-    AppendToStreamOptions, Client, ClientSettings, CurrentRevision, EventData, ReadAllOptions,
+    AppendToStreamOptions, Client, ClientSettings, CurrentRevision, EventData, NakAction,
+    PersistentSubscription, PersistentSubscriptionEvent, PersistentSubscriptionInfo,
+    PersistentSubscriptionOptions, PersistentSubscriptionToAllOptions, ReadAllOptions,
     ReadStreamOptions, ResolvedEvent, StreamPosition, StreamState, SubscribeToAllOptions,
-    SubscribeToStreamOptions, SubscriptionEvent, SubscriptionFilter,
+    SubscribeToPersistentSubscriptionOptions, SubscribeToStreamOptions, SubscriptionEvent,
+    SubscriptionFilter, SystemConsumerStrategy,
 };
 use pg_eventstore_tests::{Served, TestDb};
 use serde_json::json;
@@ -612,4 +615,415 @@ async fn a_stream_subscription_starts_after_its_revision_and_follows_the_stream(
     let status = served.stop().await;
     assert!(status.success(), "eventstore serve exited with {status}");
     db.drop_database().await;
+}
+
+// Persistent subscriptions.
+
+/// [`serve`] on a database that `eventstore migrate` set up for persistent subscriptions
+/// too (the server's own migration set).
+async fn serve_migrated() -> (TestDb, Served, Client) {
+    let (db, served, client) = serve().await;
+    let status = tokio::process::Command::new(pg_eventstore_tests::eventstore_bin())
+        .arg("migrate")
+        .env("DATABASE_URL", db.url())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .expect("eventstore migrate runs");
+    assert!(status.success(), "eventstore migrate failed: {status}");
+    (db, served, client)
+}
+
+/// The next event of a persistent subscription and its retry count, within [`PATIENCE`].
+async fn next_delivery(subscription: &mut PersistentSubscription) -> (ResolvedEvent, usize) {
+    loop {
+        let next = tokio::time::timeout(PATIENCE, subscription.next_subscription_event())
+            .await
+            .expect("an event arrives in time")
+            .expect("the subscription goes on");
+        if let PersistentSubscriptionEvent::EventAppeared { event, retry_count } = next {
+            return (event, retry_count);
+        }
+    }
+}
+
+fn revision(event: &ResolvedEvent) -> u64 {
+    event.get_original_event().revision
+}
+
+async fn append_numbered(client: &Client, stream: &str, count: usize) {
+    let events = (0..count)
+        .map(|n| event("task-queued", json!({ "n": n })))
+        .collect::<Vec<_>>();
+    client
+        .append_to_stream(stream, &AppendToStreamOptions::default(), events)
+        .await
+        .expect("append");
+}
+
+/// Waits until the group's info satisfies `done`, within [`PATIENCE`].
+async fn info_until(
+    client: &Client,
+    stream: &str,
+    group: &str,
+    done: impl Fn(&PersistentSubscriptionInfo<u64>) -> bool,
+) -> PersistentSubscriptionInfo<u64> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let info = client
+            .get_persistent_subscription_info(stream, group, &Default::default())
+            .await
+            .expect("get info");
+        if done(&info) {
+            return info;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the group never got there: {:?}",
+            info.stats
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn competing_consumers_share_a_stream_group_and_a_closed_connection_gives_its_events_back() {
+    let (_db, _served, client) = serve_migrated().await;
+    let stream = "task-1";
+    append_numbered(&client, stream, 10).await;
+    // Another stream of the same category: the group never delivers it.
+    append_numbered(&client, "task-2", 3).await;
+    let settings = PersistentSubscriptionOptions::default().start_from(StreamPosition::Start);
+    client
+        .create_persistent_subscription(stream, "workers", &settings)
+        .await
+        .expect("create");
+    assert!(matches!(
+        client
+            .create_persistent_subscription(stream, "workers", &settings)
+            .await,
+        Err(kurrentdb::Error::ResourceAlreadyExists)
+    ));
+
+    let room = SubscribeToPersistentSubscriptionOptions::default().buffer_size(3);
+    let mut first = client
+        .subscribe_to_persistent_subscription(stream, "workers", &room)
+        .await
+        .expect("first consumer");
+    let mut second = client
+        .subscribe_to_persistent_subscription(stream, "workers", &room)
+        .await
+        .expect("second consumer");
+
+    // The first consumer takes three, its whole buffer, and acks none of them.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (event, retry_count) = next_delivery(&mut first).await;
+        assert_eq!(retry_count, 0);
+        held.push(revision(&event));
+    }
+    // The second gets the other seven, acking as it goes: none of the first one's.
+    let mut handled = Vec::new();
+    for _ in 0..7 {
+        let (event, retry_count) = next_delivery(&mut second).await;
+        assert_eq!(retry_count, 0);
+        assert_eq!(event.get_original_stream_id(), stream);
+        handled.push(revision(&event));
+        second.ack(&event).await.expect("ack");
+    }
+    let mut seen: Vec<u64> = held.iter().chain(&handled).copied().collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..10).collect::<Vec<_>>(),
+        "held {held:?}, handled {handled:?}"
+    );
+
+    let info = client
+        .get_persistent_subscription_info(stream, "workers", &Default::default())
+        .await
+        .expect("get info");
+    assert_eq!(info.event_source, stream);
+    assert_eq!(info.connections.len(), 2);
+    assert_eq!(
+        info.connections
+            .iter()
+            .map(|c| c.in_flight_messages)
+            .sum::<usize>(),
+        3,
+        "{:?}",
+        info.connections
+    );
+
+    // The first consumer goes away without acking: its three go to the second, as retries.
+    drop(first);
+    let mut retried = Vec::new();
+    for _ in 0..3 {
+        let (event, retry_count) = next_delivery(&mut second).await;
+        assert_eq!(retry_count, 1);
+        retried.push(revision(&event));
+        second.ack(&event).await.expect("ack");
+    }
+    retried.sort_unstable();
+    held.sort_unstable();
+    assert_eq!(retried, held);
+    let info = info_until(&client, stream, "workers", |info| {
+        info.connections.len() == 1 && info.stats.outstanding_messages_count == 0
+    })
+    .await;
+    assert_eq!(info.stats.parked_message_count, 0);
+}
+
+#[tokio::test]
+async fn nacks_park_and_retry_parked_events_replay_and_a_deleted_group_is_gone() {
+    let (_db, _served, client) = serve_migrated().await;
+    let stream = "invoice-7";
+    append_numbered(&client, stream, 3).await;
+    let settings = PersistentSubscriptionOptions::default()
+        .start_from(StreamPosition::Start)
+        .max_retry_count(1)
+        .consumer_strategy_name(SystemConsumerStrategy::Pinned);
+    client
+        .create_persistent_subscription(stream, "billing", &settings)
+        .await
+        .expect("create");
+    let mut subscription = client
+        .subscribe_to_persistent_subscription(stream, "billing", &Default::default())
+        .await
+        .expect("subscribe");
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        events.push(next_delivery(&mut subscription).await.0);
+    }
+    assert_eq!(events.iter().map(revision).collect::<Vec<_>>(), [0, 1, 2]);
+    subscription.ack(&events[0]).await.unwrap();
+    subscription
+        .nack(&events[1], NakAction::Park, "cannot bill")
+        .await
+        .unwrap();
+    subscription
+        .nack(&events[2], NakAction::Retry, "try later")
+        .await
+        .unwrap();
+    let (again, retry_count) = next_delivery(&mut subscription).await;
+    assert_eq!((revision(&again), retry_count), (2, 1));
+    // Its second delivery was its last (max_retry_count 1): this nack parks it.
+    subscription
+        .nack(&again, NakAction::Retry, "still failing")
+        .await
+        .unwrap();
+    let info = info_until(&client, stream, "billing", |info| {
+        info.stats.parked_message_count == 2
+    })
+    .await;
+    let settings = info.settings.expect("settings");
+    assert_eq!(settings.max_retry_count, 1);
+    assert_eq!(settings.start_from, StreamPosition::Start);
+    assert_eq!(
+        settings.consumer_strategy_name,
+        SystemConsumerStrategy::Pinned
+    );
+
+    client
+        .replay_parked_messages(stream, "billing", &Default::default())
+        .await
+        .expect("replay parked");
+    let mut replayed = Vec::new();
+    for _ in 0..2 {
+        let (event, _) = next_delivery(&mut subscription).await;
+        replayed.push(revision(&event));
+        subscription.ack(&event).await.unwrap();
+    }
+    replayed.sort_unstable();
+    assert_eq!(replayed, [1, 2]);
+    info_until(&client, stream, "billing", |info| {
+        info.stats.parked_message_count == 0 && info.stats.outstanding_messages_count == 0
+    })
+    .await;
+
+    let listed = client
+        .list_persistent_subscriptions_for_stream(stream, &Default::default())
+        .await
+        .expect("list");
+    assert_eq!(
+        listed
+            .iter()
+            .map(|i| i.group_name.as_str())
+            .collect::<Vec<_>>(),
+        ["billing"]
+    );
+    assert!(matches!(
+        client
+            .list_persistent_subscriptions_for_stream("invoice-8", &Default::default())
+            .await,
+        Err(kurrentdb::Error::ResourceNotFound)
+    ));
+
+    client
+        .delete_persistent_subscription(stream, "billing", &Default::default())
+        .await
+        .expect("delete");
+    // The connection learns the group is gone on its next fetch.
+    let ended = tokio::time::timeout(PATIENCE, subscription.next_subscription_event())
+        .await
+        .expect("the connection ends in time");
+    assert!(
+        matches!(ended, Err(kurrentdb::Error::ResourceNotFound)),
+        "{ended:?}"
+    );
+    for result in [
+        client
+            .get_persistent_subscription_info(stream, "billing", &Default::default())
+            .await
+            .map(|_| ()),
+        client
+            .delete_persistent_subscription(stream, "billing", &Default::default())
+            .await,
+        client
+            .subscribe_to_persistent_subscription(stream, "billing", &Default::default())
+            .await
+            .map(|_| ()),
+    ] {
+        assert!(
+            matches!(result, Err(kurrentdb::Error::ResourceNotFound)),
+            "{result:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_all_group_filters_limits_its_subscribers_and_drops_them_on_a_restart() {
+    let (db, _served, client) = serve_migrated().await;
+    client
+        .append_to_stream(
+            "cart-1",
+            &AppendToStreamOptions::default(),
+            vec![
+                event("cart-opened", json!({})),
+                event("payment-made", json!({"amount": 3})),
+            ],
+        )
+        .await
+        .unwrap();
+    let settings = PersistentSubscriptionToAllOptions::default()
+        .start_from(StreamPosition::Start)
+        .filter(SubscriptionFilter::on_event_type().add_prefix("payment-"))
+        .max_subscriber_count(1);
+    client
+        .create_persistent_subscription_to_all("payments", &settings)
+        .await
+        .expect("create");
+    let mut subscription = client
+        .subscribe_to_persistent_subscription_to_all("payments", &Default::default())
+        .await
+        .expect("subscribe");
+    let (paid, _) = next_delivery(&mut subscription).await;
+    assert_eq!(paid.get_original_event().event_type, "payment-made");
+    subscription.ack(&paid).await.unwrap();
+    client
+        .append_to_stream(
+            "cart-2",
+            &AppendToStreamOptions::default(),
+            vec![
+                event("cart-opened", json!({})),
+                event("payment-refunded", json!({"amount": 3})),
+            ],
+        )
+        .await
+        .unwrap();
+    let (refunded, _) = next_delivery(&mut subscription).await;
+    assert_eq!(
+        (
+            refunded.get_original_stream_id(),
+            refunded.get_original_event().event_type.as_str()
+        ),
+        ("cart-2", "payment-refunded")
+    );
+    subscription.ack(&refunded).await.unwrap();
+
+    match client
+        .subscribe_to_persistent_subscription_to_all("payments", &Default::default())
+        .await
+    {
+        Err(kurrentdb::Error::Grpc { code, .. }) => {
+            assert_eq!(code, tonic::Code::FailedPrecondition)
+        }
+        other => panic!("expected the subscriber limit, got {:?}", other.map(|_| ())),
+    }
+    let all = client
+        .list_all_persistent_subscriptions(&Default::default())
+        .await
+        .expect("list");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].event_source, "$all");
+    let info = client
+        .get_persistent_subscription_info_to_all("payments", &Default::default())
+        .await
+        .expect("info");
+    assert_eq!(info.connections.len(), 1);
+    // Every event of the log is settled: the two delivered were acked, the others unseen.
+    let lag: i64 = sqlx::query_scalar(
+        "SELECT lag + in_flight FROM eventstore.groups WHERE group_name = '$all::payments'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(lag, 0);
+
+    client
+        .restart_persistent_subscription_subsystem(&Default::default())
+        .await
+        .expect("restart");
+    let ended = tokio::time::timeout(PATIENCE, subscription.next_subscription_event())
+        .await
+        .expect("the connection ends in time");
+    assert!(
+        matches!(ended, Err(kurrentdb::Error::IllegalStateError(_))),
+        "{:?}",
+        ended.map(|_| ())
+    );
+}
+
+#[tokio::test]
+async fn persistent_subscriptions_need_the_servers_migrations_and_bad_settings_are_refused() {
+    let (db, _served, client) = serve().await;
+    let settings = PersistentSubscriptionOptions::default();
+    match client
+        .create_persistent_subscription("order-1", "g", &settings)
+        .await
+    {
+        Err(kurrentdb::Error::Grpc { code, message }) => {
+            assert_eq!(code, tonic::Code::FailedPrecondition);
+            assert!(message.contains("eventstore migrate"), "{message}");
+        }
+        other => panic!("expected a failed precondition, got {other:?}"),
+    }
+    // Nothing was left behind: the store's group went with the failed transaction.
+    let groups: i64 = sqlx::query_scalar("SELECT count(*) FROM eventstore.groups")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(groups, 0);
+    drop((db, _served, client));
+
+    let (db, _served, client) = serve_migrated().await;
+    for bad in [
+        PersistentSubscriptionOptions::default().max_retry_count(-1),
+        PersistentSubscriptionOptions::default().message_timeout(Duration::ZERO),
+    ] {
+        match client
+            .create_persistent_subscription("order-1", "g", &bad)
+            .await
+        {
+            Err(kurrentdb::Error::Grpc { code, .. }) => {
+                assert_eq!(code, tonic::Code::InvalidArgument)
+            }
+            other => panic!("expected invalid settings, got {other:?}"),
+        }
+    }
+    let groups: i64 = sqlx::query_scalar("SELECT count(*) FROM eventstore.groups")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(groups, 0);
 }

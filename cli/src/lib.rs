@@ -379,11 +379,15 @@ pub struct App {
 
 impl App {
     /// A program named `name` (its `--help` and messages use it), with no projections yet.
+    /// Its migrations start with those of `serve` (the persistent subscriptions' table).
     pub fn new(name: impl Into<String>) -> App {
         App {
             name: name.into(),
             projections: Vec::new(),
-            migrations: Vec::new(),
+            migrations: vec![MigrationSet {
+                runner: pg_eventstore_server::migrations,
+                history_table: pg_eventstore_server::HISTORY_TABLE,
+            }],
         }
     }
 

@@ -113,7 +113,7 @@ pub use health::{Health, InFlightTransaction};
 pub use migrations::{AppliedMigration, Form, Install, Switched, HISTORY_TABLE};
 pub use read::{EventStream, ReadAllOptions, ReadStreamOptions, MAX_PAGE_SIZE};
 pub use store::EventStore;
-pub use subscription::{Subscription, SubscriptionOptions, CHANNEL};
+pub use subscription::{Subscription, SubscriptionOptions, WakeUps, CHANNEL};
 
 /// How this process names itself where a name is needed and none is given (a projection's
 /// owner, a group's consumers): `host:pid`.

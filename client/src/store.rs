@@ -7,7 +7,7 @@ use sqlx::{Connection, PgConnection, PgExecutor, PgPool, Row};
 
 use crate::read::{paged, Cursor, Source};
 use crate::subscription::{
-    Listener, SharedFeed, SharedListener, Subscription, SubscriptionOptions, Target,
+    Listener, SharedFeed, SharedListener, Subscription, SubscriptionOptions, Target, WakeUps,
 };
 use crate::{
     migrations::{self, Form, Install, MigrationSet, Switched},
@@ -275,6 +275,15 @@ impl EventStore {
     /// Follows one stream from `options`' version ([`SubscriptionOptions::from_version`]).
     pub fn subscribe_to_stream(&self, stream: &str, options: SubscriptionOptions) -> Subscription {
         self.subscribe(Target::Stream(stream.to_owned()), options)
+    }
+
+    /// Wake-ups on new events, for code that waits for the log without a [`Subscription`]
+    /// of its own (a server fetching for a subscription group's consumers, say). They share
+    /// the store's one `LISTEN eventstore` connection.
+    ///
+    /// [`Subscription`]: crate::Subscription
+    pub fn wake_ups(&self) -> WakeUps {
+        WakeUps::new(self.listener())
     }
 
     /// The shared `LISTEN eventstore` connection, started if need be; it stays up while the

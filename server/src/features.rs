@@ -9,6 +9,8 @@ use crate::proto::server_features::server_features_server::ServerFeatures;
 use crate::proto::server_features::{SupportedMethod, SupportedMethods};
 use crate::proto::shared::Empty;
 
+const PERSISTENT: &str = "event_store.client.persistent_subscriptions.persistentsubscriptions";
+
 /// The implemented methods, with their features.
 const METHODS: &[(&str, &str, &[&str])] = &[
     (
@@ -17,6 +19,14 @@ const METHODS: &[(&str, &str, &[&str])] = &[
         &["position", "events"],
     ),
     ("event_store.client.streams.streams", "append", &[]),
+    (PERSISTENT, "create", &["stream", "all"]),
+    (PERSISTENT, "update", &["stream", "all"]),
+    (PERSISTENT, "delete", &["stream", "all"]),
+    (PERSISTENT, "read", &["stream", "all"]),
+    (PERSISTENT, "getinfo", &["stream", "all"]),
+    (PERSISTENT, "replayparked", &["stream", "all"]),
+    (PERSISTENT, "list", &["stream", "all"]),
+    (PERSISTENT, "restartsubsystem", &[]),
     (
         "event_store.client.server_features.serverfeatures",
         "getsupportedmethods",

@@ -20,6 +20,7 @@
 
 pub mod codec;
 mod features;
+mod persistent;
 mod status;
 mod streams;
 
@@ -41,6 +42,10 @@ pub mod proto {
             pub mod streams {
                 tonic::include_proto!("event_store.client.streams");
             }
+            /// `event_store.client.persistent_subscriptions`.
+            pub mod persistent_subscriptions {
+                tonic::include_proto!("event_store.client.persistent_subscriptions");
+            }
             /// `event_store.client.server_features`.
             pub mod server_features {
                 tonic::include_proto!("event_store.client.server_features");
@@ -48,7 +53,23 @@ pub mod proto {
         }
     }
     pub use event_store::client as shared;
-    pub use event_store::client::{server_features, streams};
+    pub use event_store::client::{
+        persistent_subscriptions as persistent, server_features, streams,
+    };
+}
+
+#[allow(missing_docs)]
+mod embedded {
+    refinery::embed_migrations!("../migrations/kurrentdb");
+}
+
+/// The history table of the server's migration set.
+pub const HISTORY_TABLE: &str = "kurrentdb_schema_history";
+
+/// The server's own migration set (`migrations/kurrentdb`: the persistent subscriptions'
+/// table), applied after the store's (`eventstore migrate` applies both).
+pub fn migrations() -> refinery::Runner {
+    embedded::migrations::runner()
 }
 
 /// The version the server reports to clients (`X.Y.Z`, which the clients require).
@@ -122,7 +143,8 @@ impl Listener {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
         let (stop_streams, stopped) = tokio::sync::watch::channel(false);
-        let streams = streams::Service::new(store.clone(), stopped);
+        let streams = streams::Service::new(store.clone(), stopped.clone());
+        let persistent = persistent::Service::new(store.clone(), stopped);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
         let shutdown = async move {
             shutdown.await;
@@ -136,6 +158,12 @@ impl Listener {
             .add_service(
                 proto::streams::streams_server::StreamsServer::new(streams)
                     .max_decoding_message_size(MAX_MESSAGE_SIZE),
+            )
+            .add_service(
+                proto::persistent::persistent_subscriptions_server::PersistentSubscriptionsServer::new(
+                    persistent,
+                )
+                .max_decoding_message_size(MAX_MESSAGE_SIZE),
             )
             .add_service(
                 proto::server_features::server_features_server::ServerFeaturesServer::new(

@@ -260,17 +260,42 @@ enum Origin {
     At(u64),
 }
 
-/// What events a filter lets through.
-struct Filter {
-    on_stream_name: bool,
-    regex: Option<Regex>,
-    prefixes: Vec<String>,
+/// What events a filter lets through: those whose stream name (or event type) matches the
+/// regular expression, or starts with one of the prefixes.
+pub(crate) struct Filter {
+    pub(crate) on_stream_name: bool,
+    pub(crate) regex: Option<Regex>,
+    pub(crate) prefixes: Vec<String>,
     /// Events considered between two checkpoints.
     checkpoint_interval: u64,
 }
 
 impl Filter {
-    fn parse(
+    /// A filter as [`Filter::parse`] made it, from its parts.
+    pub(crate) fn new(
+        on_stream_name: bool,
+        regex: Option<&str>,
+        prefixes: Vec<String>,
+    ) -> Result<Self, Status> {
+        let regex = regex
+            .filter(|regex| !regex.is_empty())
+            .map(|regex| {
+                Regex::new(regex).map_err(|error| {
+                    invalid(format!(
+                        "the filter's regular expression {regex:?} is not valid: {error}"
+                    ))
+                })
+            })
+            .transpose()?;
+        Ok(Filter {
+            on_stream_name,
+            regex,
+            prefixes,
+            checkpoint_interval: u64::from(DEFAULT_WINDOW),
+        })
+    }
+
+    pub(crate) fn parse(
         filter: crate::proto::streams::read_req::options::FilterOptions,
     ) -> Result<Self, Status> {
         let (on_stream_name, expression) = match filter.filter {
@@ -283,29 +308,17 @@ impl Filter {
             }
         };
         let Expression { regex, prefix } = expression;
-        let regex = if regex.is_empty() {
-            None
-        } else {
-            Some(Regex::new(&regex).map_err(|error| {
-                invalid(format!(
-                    "the filter's regular expression {regex:?} is not valid: {error}"
-                ))
-            })?)
-        };
+        let mut parsed = Filter::new(on_stream_name, Some(&regex), prefix)?;
         let window = match filter.window {
             Some(Window::Max(max)) if max > 0 => max,
             _ => DEFAULT_WINDOW,
         };
         let multiplier = filter.checkpoint_interval_multiplier.max(1);
-        Ok(Filter {
-            on_stream_name,
-            regex,
-            prefixes: prefix,
-            checkpoint_interval: u64::from(window) * u64::from(multiplier),
-        })
+        parsed.checkpoint_interval = u64::from(window) * u64::from(multiplier);
+        Ok(parsed)
     }
 
-    fn matches(&self, event: &RecordedEvent) -> bool {
+    pub(crate) fn matches(&self, event: &RecordedEvent) -> bool {
         let subject = if self.on_stream_name {
             event.stream.as_str()
         } else {

@@ -133,6 +133,39 @@ impl Drop for Listener {
     }
 }
 
+/// Wake-ups on new events ([`crate::EventStore::wake_ups`]). A wake-up means only that
+/// something may be new: read to see. Wake-ups are folded, never queued, so a slow waiter
+/// never holds them back.
+pub struct WakeUps {
+    hints: watch::Receiver<Hint>,
+    _listener: Arc<Listener>,
+}
+
+impl WakeUps {
+    pub(crate) fn new(listener: Arc<Listener>) -> WakeUps {
+        let mut hints = listener.hints.clone();
+        hints.borrow_and_update();
+        WakeUps {
+            hints,
+            _listener: listener,
+        }
+    }
+
+    /// Waits for the next wake-up since the last wait (or since this was made), at most
+    /// `timeout`; `true` on a wake-up, `false` when the time ran out. A notification lost
+    /// with a dropped connection ends no wait early: poll with a timeout.
+    pub async fn wait(&mut self, timeout: Duration) -> bool {
+        let woken = crate::retry::wait_for_events(&mut self.hints, None, timeout, None).await;
+        woken == crate::retry::Woken::Hint
+    }
+}
+
+impl std::fmt::Debug for WakeUps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WakeUps")
+    }
+}
+
 /// The listener of an event store, started on first use.
 #[derive(Default)]
 pub(crate) struct SharedListener(Mutex<Weak<Listener>>);
