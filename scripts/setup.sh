@@ -7,6 +7,8 @@ SUDO=
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
 packages=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3)
+# Node.js and npm run the seed's user service in the tests; Debian's when the machine has none.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then packages+=(nodejs npm); fi
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
@@ -25,4 +27,13 @@ fi
 
 if ! grep -qs '^pg15 *= *"/usr/bin/pg_config"' "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
   cargo pgrx init --pg15 /usr/bin/pg_config >/dev/null
+fi
+
+# The packages of the seed's Node.js user service (tests/node/user-service), as locked; no
+# package runs install scripts.
+app=$(dirname "$0")/../tests/node/user-service
+if ! cmp -s "$app/package-lock.json" "$app/node_modules/.installed-from-lock"; then
+  echo "setup: installing the user service's npm packages"
+  (cd "$app" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null \
+    && cp package-lock.json node_modules/.installed-from-lock)
 fi

@@ -1027,3 +1027,153 @@ async fn persistent_subscriptions_need_the_servers_migrations_and_bad_settings_a
         .unwrap();
     assert_eq!(groups, 0);
 }
+
+// Seed 004's Node user service (tests/node/user-service), unchanged in what it asks of the
+// store, against the server.
+
+/// A plain HTTP/1.1 exchange with the service: the status and the body.
+async fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the service accepts connections");
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_owned())
+}
+
+/// GETs `path` until it answers 200 (within [`PATIENCE`]); returns the body as JSON.
+async fn get_when_found(port: u16, path: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = http(port, "GET", path, None).await;
+        match status {
+            200 => return serde_json::from_str(&body).expect("a JSON body"),
+            404 if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ => panic!("GET {path}: {status} {body}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_seed_user_service_runs_unchanged_against_the_server() {
+    use tokio::io::AsyncBufReadExt;
+    let app = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node/user-service");
+    assert!(
+        app.join("node_modules/@eventstore/db-client").is_dir(),
+        "the service's packages are missing: run `npm ci --ignore-scripts` in {} \
+         (scripts/test.sh does)",
+        app.display()
+    );
+    let (db, served, client) = serve_migrated().await;
+    let migration = std::fs::read_to_string(
+        app.join("src/eventsourced/migrations/0001-initial_migrations.sql"),
+    )
+    .unwrap();
+    sqlx::raw_sql(&migration).execute(&db.pool).await.unwrap();
+    // A user registered before the service starts: its subscription catches up on it.
+    client
+        .append_to_stream(
+            "user-ada",
+            &AppendToStreamOptions::default().stream_state(StreamState::NoStream),
+            event(
+                "user-created",
+                json!({"username": "ada", "fullName": "Ada Lovelace",
+                       "openedAt": "2023-07-14T01:47:35.070Z"}),
+            ),
+        )
+        .await
+        .unwrap();
+
+    let mut service = tokio::process::Command::new(app.join("node_modules/.bin/ts-node"))
+        .args([
+            "-r",
+            "tsconfig-paths/register",
+            "./src/eventsourced/index.ts",
+        ])
+        .current_dir(&app)
+        .env(
+            "ESDB_CONNECTION_STRING",
+            format!("{}&throwOnAppendFailure=false", served.esdb_url),
+        )
+        .env("DATABASE_URL", db.url())
+        .env("PORT", "0")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the user service starts");
+    let mut lines = tokio::io::BufReader::new(service.stdout.take().unwrap()).lines();
+    let port: u16 = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.expect("its stdout is readable") {
+            if let Some(port) = line.strip_prefix("server up listening ") {
+                return port.trim().parse().expect("a port");
+            }
+        }
+        panic!("the user service exited before it listened");
+    })
+    .await
+    .expect("the user service listens within two minutes");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let ada = get_when_found(port, "/users/ada").await;
+    assert_eq!(ada["fullName"], "Ada Lovelace");
+    assert_eq!(ada["createdAt"], "2023-07-14T01:47:35.070Z");
+
+    let (status, body) = http(
+        port,
+        "POST",
+        "/users",
+        Some(r#"{"username":"donald-le","fullName":"Donald Le"}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (201, r#"{"username":"donald-le"}"#)
+    );
+    let donald = get_when_found(port, "/users/donald-le").await;
+    assert_eq!(donald["username"], "donald-le");
+    assert_eq!(donald["fullName"], "Donald Le");
+    assert!(donald["id"].is_number(), "{donald}");
+    assert_eq!(http(port, "GET", "/users/nobody", None).await.0, 404);
+
+    // The event as the store keeps it: JSON data, queryable.
+    let (event_type, username): (String, String) = sqlx::query_as(
+        "SELECT type, data->>'username' FROM eventstore.events \
+         WHERE stream = 'user-donald-le' AND version = 0",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (event_type.as_str(), username.as_str()),
+        ("user-created", "donald-le")
+    );
+    // Each user once: the subscription delivered each event once.
+    let users: i64 = sqlx::query_scalar(r#"SELECT count(*) FROM eventsourcing."user""#)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(users, 2);
+
+    // The seed's SIGTERM handlers close its clients but leave its HTTP server up, so the
+    // process would not exit on SIGTERM: end it outright.
+    service.kill().await.expect("the user service is stopped");
+    drop(served);
+}
