@@ -1177,3 +1177,41 @@ async fn the_seed_user_service_runs_unchanged_against_the_server() {
     service.kill().await.expect("the user service is stopped");
     drop(served);
 }
+
+#[tokio::test]
+async fn the_node_client_creates_reads_acks_parks_and_replays_a_persistent_subscription() {
+    let app = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node/user-service");
+    assert!(
+        app.join("node_modules/@eventstore/db-client").is_dir(),
+        "the Node packages are missing: run `npm ci --ignore-scripts` in {} \
+         (scripts/test.sh does)",
+        app.display()
+    );
+    let (db, served, _client) = serve_migrated().await;
+    let run = tokio::process::Command::new("node")
+        .arg("checks/persistent.js")
+        .current_dir(&app)
+        .env("ESDB_CONNECTION_STRING", &served.esdb_url)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the Node checks finish within three minutes")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the Node checks failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a result line")).unwrap();
+    assert_eq!(seen["seen"], json!([[1, 0], [2, 0], [3, 0], [2, 0]]));
+    // The group went with the subscription.
+    let groups: i64 = sqlx::query_scalar("SELECT count(*) FROM eventstore.groups")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(groups, 0);
+}
