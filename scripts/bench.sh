@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/install-extension.sh --release
 cargo build --release -p pg_eventstore_bench
+# eventstore serve, which the bench starts as a process of its own.
+cargo build --release -p pg_eventstore_cli --bin eventstore
 
 mkdir -p target/pg
 if [ "$(id -u)" = 0 ]; then chown postgres: target/pg; fi

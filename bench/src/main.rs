@@ -11,7 +11,7 @@
 //! `SELECT`, and subscription latency under 8 writers.
 //!
 //! Usage: `eventstore-bench [--seconds N] [--rounds N]
-//! [--only append|portable|catchup|subscriptions|projection|groups] [--projection-events N] [--group-events N]
+//! [--only append|portable|catchup|subscriptions|projection|serve|groups] [--projection-events N] [--group-events N]
 //! [--catchup-sizes 100000,1000000]` with `DATABASE_URL` naming a database in which the bench
 //! may create the extension and a `bench` schema. `scripts/bench.sh` starts a private cluster
 //! and runs it.
@@ -19,6 +19,7 @@
 mod client_bench;
 mod group_bench;
 mod projection_bench;
+mod serve_bench;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -281,6 +282,9 @@ async fn main() {
     if only.is_empty() || only == "projection" {
         let events = arg("--projection-events", 1_000_000);
         all_met &= projection_bench::run(&pool, &options, events, seconds).await;
+    }
+    if only.is_empty() || only == "serve" {
+        all_met &= serve_bench::run(&store, &url, seconds, rounds).await;
     }
     if only.is_empty() || only == "groups" {
         all_met &= group_bench::run(&pool, &options, arg("--group-events", 200_000)).await;

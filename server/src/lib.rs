@@ -19,6 +19,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod codec;
+mod connection;
 mod features;
 mod persistent;
 mod status;
@@ -145,7 +146,10 @@ impl Listener {
         let (stop_streams, stopped) = tokio::sync::watch::channel(false);
         let streams = streams::Service::new(store.clone(), stopped.clone());
         let persistent = persistent::Service::new(store.clone(), stopped);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+        let incoming = futures_util::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(self.listener),
+            |accepted| accepted.and_then(connection::Connection::accept),
+        );
         let shutdown = async move {
             shutdown.await;
             // Long-lived calls (subscriptions) end now, so that the graceful shutdown below
