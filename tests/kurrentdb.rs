@@ -739,21 +739,17 @@ async fn competing_consumers_share_a_stream_group_and_a_closed_connection_gives_
         "held {held:?}, handled {handled:?}"
     );
 
-    let info = client
-        .get_persistent_subscription_info(stream, "workers", &Default::default())
-        .await
-        .expect("get info");
-    assert_eq!(info.event_source, stream);
-    assert_eq!(info.connections.len(), 2);
-    assert_eq!(
+    // Acks are sent without a reply: wait until the server has settled the second's seven.
+    let info = info_until(&client, stream, "workers", |info| {
         info.connections
             .iter()
             .map(|c| c.in_flight_messages)
-            .sum::<usize>(),
-        3,
-        "{:?}",
-        info.connections
-    );
+            .sum::<usize>()
+            == 3
+    })
+    .await;
+    assert_eq!(info.event_source, stream);
+    assert_eq!(info.connections.len(), 2);
 
     // The first consumer goes away without acking: its three go to the second, as retries.
     drop(first);
@@ -782,7 +778,7 @@ async fn nacks_park_and_retry_parked_events_replay_and_a_deleted_group_is_gone()
     let settings = PersistentSubscriptionOptions::default()
         .start_from(StreamPosition::Start)
         .max_retry_count(1)
-        .consumer_strategy_name(SystemConsumerStrategy::Pinned);
+        .consumer_strategy_name(SystemConsumerStrategy::RoundRobin);
     client
         .create_persistent_subscription(stream, "billing", &settings)
         .await
@@ -821,7 +817,7 @@ async fn nacks_park_and_retry_parked_events_replay_and_a_deleted_group_is_gone()
     assert_eq!(settings.start_from, StreamPosition::Start);
     assert_eq!(
         settings.consumer_strategy_name,
-        SystemConsumerStrategy::Pinned
+        SystemConsumerStrategy::RoundRobin
     );
 
     client
@@ -961,14 +957,24 @@ async fn an_all_group_filters_limits_its_subscribers_and_drops_them_on_a_restart
         .await
         .expect("info");
     assert_eq!(info.connections.len(), 1);
-    // Every event of the log is settled: the two delivered were acked, the others unseen.
-    let lag: i64 = sqlx::query_scalar(
-        "SELECT lag + in_flight FROM eventstore.groups WHERE group_name = '$all::payments'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(lag, 0);
+    // Every event of the log gets settled: the two delivered are acked, the others unseen.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT lag + in_flight FROM eventstore.groups WHERE group_name = '$all::payments'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{open} events stay unsettled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     client
         .restart_persistent_subscription_subsystem(&Default::default())
@@ -1214,4 +1220,82 @@ async fn the_node_client_creates_reads_acks_parks_and_replays_a_persistent_subsc
         .await
         .unwrap();
     assert_eq!(groups, 0);
+}
+
+#[tokio::test]
+async fn a_pinned_category_group_keeps_each_streams_order_and_a_parked_event_holds_its_stream_back()
+{
+    let (db, _served, client) = serve_migrated().await;
+    append_numbered(&client, "acct-a", 3).await;
+    append_numbered(&client, "acct-b", 3).await;
+    // Another category: the $ce-acct group never sees it.
+    append_numbered(&client, "other-c", 2).await;
+    let settings = PersistentSubscriptionOptions::default()
+        .start_from(StreamPosition::Start)
+        .consumer_strategy_name(SystemConsumerStrategy::Pinned);
+    client
+        .create_persistent_subscription("$ce-acct", "ledger", &settings)
+        .await
+        .expect("create");
+    let (ordered, categories): (bool, Vec<String>) = sqlx::query_as(
+        "SELECT ordered_by_stream, categories FROM eventstore.groups \
+         WHERE group_name = '$ce-acct::ledger'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(ordered);
+    assert_eq!(categories, ["acct"]);
+
+    // One event in flight at a time, so that what a park holds back is not yet handed out.
+    let mut subscription = client
+        .subscribe_to_persistent_subscription(
+            "$ce-acct",
+            "ledger",
+            &SubscribeToPersistentSubscriptionOptions::default().buffer_size(1),
+        )
+        .await
+        .expect("subscribe");
+    // Park acct-a's revision 1: acct-a's revision 2 waits behind it; acct-b goes on.
+    let mut deliveries = Vec::new();
+    let mut parked = false;
+    while deliveries.iter().filter(|(s, _)| s == "acct-b").count() < 3 {
+        let (event, _) = next_delivery(&mut subscription).await;
+        let key = (event.get_original_stream_id().to_owned(), revision(&event));
+        if key == ("acct-a".to_owned(), 1) && !parked {
+            parked = true;
+            subscription
+                .nack(&event, NakAction::Park, "hold the stream")
+                .await
+                .unwrap();
+        } else {
+            subscription.ack(&event).await.unwrap();
+        }
+        deliveries.push(key);
+    }
+    assert!(parked, "{deliveries:?}");
+    info_until(&client, "$ce-acct", "ledger", |info| {
+        info.stats.parked_message_count == 1
+    })
+    .await;
+    client
+        .replay_parked_messages("$ce-acct", "ledger", &Default::default())
+        .await
+        .expect("replay parked");
+    while deliveries.iter().filter(|(s, _)| s == "acct-a").count() < 4 {
+        let (event, _) = next_delivery(&mut subscription).await;
+        subscription.ack(&event).await.unwrap();
+        deliveries.push((event.get_original_stream_id().to_owned(), revision(&event)));
+    }
+    let of = |stream: &str| -> Vec<u64> {
+        deliveries
+            .iter()
+            .filter(|(s, _)| s == stream)
+            .map(|(_, r)| *r)
+            .collect()
+    };
+    assert_eq!(of("acct-b"), [0, 1, 2], "{deliveries:?}");
+    // acct-a's revision 2 came only after its parked revision 1 was replayed.
+    assert_eq!(of("acct-a"), [0, 1, 1, 2], "{deliveries:?}");
+    assert!(of("other-c").is_empty());
 }

@@ -19,12 +19,22 @@
 //!
 //! The settings map onto the group: `message_timeout` is the lease timeout, after which an
 //! unacked event goes out again; `max_retry_count` retries park an event (it is delivered
-//! at most `max_retry_count + 1` times). Every strategy hands events to the connections that
-//! have room for them: the strategy is kept and reported, but `Pinned` does not keep a stream
-//! on one connection. (The store's groups ordered by stream would, but a parked event holds
-//! its stream back there, which EventStoreDB's clients do not expect.) The buffer and
-//! checkpoint sizes are kept and reported too, and change nothing: the store checkpoints
-//! each ack as it commits.
+//! at most `max_retry_count + 1` times).
+//!
+//! The consumer strategies:
+//! - `RoundRobin` and `DispatchToSingle` are the store's plain groups: each event goes to one
+//!   connection, with no order promised; a connection is handed as many events as it has room
+//!   for when it asks, so the distribution follows the connections' free room rather than a
+//!   strict rotation or a fill-one-first order.
+//! - `Pinned` is the store's group ordered by stream: a stream's events go to one connection
+//!   at a time, in version order. Unlike EventStoreDB's pinning, which only prefers one
+//!   connection per stream, the order holds across retries, and a parked event holds its
+//!   stream's later events back until it is replayed (the store's `drop_parked` lets them go).
+//! - `PinnedByCorrelation` has no equivalent (the store keeps order by stream, not by
+//!   correlation id) and is refused.
+//!
+//! The buffer and checkpoint sizes are kept and reported, and change nothing: the store
+//! checkpoints each ack as it commits.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -261,6 +271,12 @@ impl GroupOptions {
                     STRATEGIES.join(", ")
                 )));
             }
+            if settings.consumer_strategy == "PinnedByCorrelation" {
+                return Err(invalid(
+                    "the PinnedByCorrelation strategy has no equivalent here: groups keep \
+                     events in order by stream (Pinned), not by correlation id",
+                ));
+            }
             settings.consumer_strategy
         } else {
             let strategy =
@@ -294,6 +310,12 @@ impl GroupOptions {
 
     fn lease_timeout(&self) -> Duration {
         Duration::from_millis(u64::try_from(self.message_timeout_ms).unwrap_or(1))
+    }
+
+    /// Whether the store's group keeps each stream's events in order (see the module
+    /// documentation).
+    fn ordered_by_stream(&self) -> bool {
+        self.strategy == "Pinned"
     }
 }
 
@@ -805,7 +827,7 @@ impl PersistentSubscriptions for Service {
             .bind(i64::try_from(placement.from_position).unwrap_or(i64::MAX))
             .bind(options.max_attempts())
             .bind(options.lease_timeout())
-            .bind(false)
+            .bind(options.ordered_by_stream())
             .execute(&mut *tx)
             .await
             .map_err(|e| match Error::from(e) {
@@ -908,13 +930,17 @@ impl PersistentSubscriptions for Service {
         let Some(group_name) = group_name else {
             return Err(not_found(&source, &group));
         };
-        sqlx::query("SELECT eventstore.alter_group($1, max_attempts => $2, lease_timeout => $3)")
-            .bind(&group_name)
-            .bind(settings.max_attempts())
-            .bind(settings.lease_timeout())
-            .execute(&mut *tx)
-            .await
-            .map_err(fail)?;
+        sqlx::query(
+            "SELECT eventstore.alter_group($1, max_attempts => $2, lease_timeout => $3, \
+                                           ordered_by_stream => $4)",
+        )
+        .bind(&group_name)
+        .bind(settings.max_attempts())
+        .bind(settings.lease_timeout())
+        .bind(settings.ordered_by_stream())
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
         tx.commit().await.map_err(fail)?;
         Ok(Response::new(UpdateResp {}))
     }
@@ -1400,4 +1426,87 @@ async fn send(tx: &Sender, content: Content) -> bool {
     }))
     .await
     .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strategy(named: ConsumerStrategy, text: &str) -> Result<GroupOptions, Status> {
+        GroupOptions::parse(
+            Some(Settings {
+                named_consumer_strategy: named as i32,
+                consumer_strategy: text.to_owned(),
+                ..Settings::default()
+            }),
+            true,
+        )
+    }
+
+    #[test]
+    fn pinned_is_ordered_by_stream_and_the_others_are_not() {
+        let pinned = strategy(ConsumerStrategy::Pinned, "").unwrap();
+        assert_eq!(pinned.strategy, "Pinned");
+        assert!(pinned.ordered_by_stream());
+        for (named, text) in [
+            (ConsumerStrategy::RoundRobin, ""),
+            (ConsumerStrategy::DispatchToSingle, ""),
+            // The text wins over the enum on create.
+            (ConsumerStrategy::Pinned, "RoundRobin"),
+        ] {
+            let options = strategy(named, text).unwrap();
+            assert!(!options.ordered_by_stream(), "{}", options.strategy);
+        }
+    }
+
+    #[test]
+    fn strategies_without_an_equivalent_are_refused() {
+        for text in ["PinnedByCorrelation", "Fastest"] {
+            let refused = strategy(ConsumerStrategy::RoundRobin, text)
+                .err()
+                .unwrap_or_else(|| panic!("{text} was accepted"));
+            assert_eq!(refused.code(), Code::InvalidArgument, "{text}");
+            assert!(refused.message().contains(text), "{}", refused.message());
+        }
+        let unknown = GroupOptions::parse(
+            Some(Settings {
+                named_consumer_strategy: 7,
+                ..Settings::default()
+            }),
+            false,
+        );
+        assert_eq!(unknown.err().map(|e| e.code()), Some(Code::InvalidArgument));
+    }
+
+    #[test]
+    fn settings_map_onto_the_group_and_bad_ones_are_refused() {
+        let options = GroupOptions::parse(
+            Some(Settings {
+                message_timeout: Some(MessageTimeout::MessageTimeoutTicks(25_000_000)),
+                max_retry_count: 3,
+                ..Settings::default()
+            }),
+            true,
+        )
+        .unwrap();
+        assert_eq!(options.lease_timeout(), Duration::from_millis(2_500));
+        assert_eq!(options.max_attempts(), 4);
+        for bad in [
+            Settings {
+                max_retry_count: -1,
+                ..Settings::default()
+            },
+            Settings {
+                message_timeout: Some(MessageTimeout::MessageTimeoutMs(0)),
+                ..Settings::default()
+            },
+            Settings {
+                max_subscriber_count: -2,
+                ..Settings::default()
+            },
+        ] {
+            let refused = GroupOptions::parse(Some(bad), true).err();
+            assert_eq!(refused.map(|e| e.code()), Some(Code::InvalidArgument));
+        }
+    }
 }
