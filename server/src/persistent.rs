@@ -124,6 +124,17 @@ impl Source {
         })
     }
 
+    /// The source a request names: a stream (`Some(identifier)`) or `$all` (`None`), in
+    /// whichever of its request's `stream_option` types; `request` names the request in the
+    /// error when it names neither.
+    fn named(choice: Option<Option<StreamIdentifier>>, request: &str) -> Result<Source, Status> {
+        match choice {
+            Some(Some(identifier)) => Source::of_identifier(Some(&identifier)),
+            Some(None) => Ok(Source::All),
+            None => Err(invalid(format!("a {request} names a stream or $all"))),
+        }
+    }
+
     /// The store group of the subscription group `group` of this source.
     fn group_name(&self, group: &str) -> String {
         format!("{}::{group}", self.name())
@@ -951,13 +962,13 @@ impl PersistentSubscriptions for Service {
             .options
             .ok_or_else(|| invalid("a delete request needs its options"))?;
         let group = group_name(options.group_name)?;
-        let source = match options.stream_option {
-            Some(delete_req::options::StreamOption::StreamIdentifier(identifier)) => {
-                Source::of_identifier(Some(&identifier))?
-            }
-            Some(delete_req::options::StreamOption::All(Empty {})) => Source::All,
-            None => return Err(invalid("a delete request names a stream or $all")),
-        };
+        let source = Source::named(
+            options.stream_option.map(|option| match option {
+                delete_req::options::StreamOption::StreamIdentifier(identifier) => Some(identifier),
+                delete_req::options::StreamOption::All(Empty {}) => None,
+            }),
+            "delete request",
+        )?;
         let fail = |e: sqlx::Error| store_error(&source, &group, e.into());
         let mut tx = self.store.pool().begin().await.map_err(fail)?;
         let group_name: Option<String> = sqlx::query_scalar(
@@ -1007,17 +1018,13 @@ impl PersistentSubscriptions for Service {
             }
         };
         let group = group_name(options.group_name)?;
-        let source = match options.stream_option {
-            Some(read_req::options::StreamOption::StreamIdentifier(identifier)) => {
-                Source::of_identifier(Some(&identifier))?
-            }
-            Some(read_req::options::StreamOption::All(Empty {})) => Source::All,
-            None => {
-                return Err(invalid(
-                    "a persistent subscription read names a stream or $all",
-                ))
-            }
-        };
+        let source = Source::named(
+            options.stream_option.map(|option| match option {
+                read_req::options::StreamOption::StreamIdentifier(identifier) => Some(identifier),
+                read_req::options::StreamOption::All(Empty {}) => None,
+            }),
+            "persistent subscription read",
+        )?;
         let structured = match options.uuid_option.and_then(|option| option.content) {
             Some(uuid_option::Content::Structured(Empty {})) => true,
             Some(uuid_option::Content::String(Empty {})) | None => false,
@@ -1071,13 +1078,15 @@ impl PersistentSubscriptions for Service {
             .options
             .ok_or_else(|| invalid("a get-info request needs its options"))?;
         let group = group_name(options.group_name)?;
-        let source = match options.stream_option {
-            Some(get_info_req::options::StreamOption::StreamIdentifier(identifier)) => {
-                Source::of_identifier(Some(&identifier))?
-            }
-            Some(get_info_req::options::StreamOption::All(Empty {})) => Source::All,
-            None => return Err(invalid("a get-info request names a stream or $all")),
-        };
+        let source = Source::named(
+            options.stream_option.map(|option| match option {
+                get_info_req::options::StreamOption::StreamIdentifier(identifier) => {
+                    Some(identifier)
+                }
+                get_info_req::options::StreamOption::All(Empty {}) => None,
+            }),
+            "get-info request",
+        )?;
         let stored = load(&self.store, &source, &group)
             .await?
             .ok_or_else(|| not_found(&source, &group))?;
@@ -1096,13 +1105,15 @@ impl PersistentSubscriptions for Service {
             .options
             .ok_or_else(|| invalid("a replay-parked request needs its options"))?;
         let group = group_name(options.group_name)?;
-        let source = match options.stream_option {
-            Some(replay_parked_req::options::StreamOption::StreamIdentifier(identifier)) => {
-                Source::of_identifier(Some(&identifier))?
-            }
-            Some(replay_parked_req::options::StreamOption::All(Empty {})) => Source::All,
-            None => return Err(invalid("a replay-parked request names a stream or $all")),
-        };
+        let source = Source::named(
+            options.stream_option.map(|option| match option {
+                replay_parked_req::options::StreamOption::StreamIdentifier(identifier) => {
+                    Some(identifier)
+                }
+                replay_parked_req::options::StreamOption::All(Empty {}) => None,
+            }),
+            "replay-parked request",
+        )?;
         let stop_at = match options.stop_at_option {
             Some(replay_parked_req::options::StopAtOption::StopAt(stop_at)) => Some(
                 usize::try_from(stop_at).map_err(|_| invalid("stop_at must not be negative"))?,
