@@ -1299,3 +1299,120 @@ async fn a_pinned_category_group_keeps_each_streams_order_and_a_parked_event_hol
     assert_eq!(of("acct-a"), [0, 1, 1, 2], "{deliveries:?}");
     assert!(of("other-c").is_empty());
 }
+
+// TLS.
+
+/// A self-signed certificate for 127.0.0.1 and its key, made with `openssl`, in `dir`.
+fn self_signed(dir: &std::path::Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        made.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn over_tls_clients_append_and_read_and_bad_tls_options_stop_the_server() {
+    let dir = std::env::temp_dir().join(format!("es-tls-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = self_signed(&dir);
+    let db = TestDb::new(4).await;
+    let served = Served::start_with(&db.url(), &["--tls-cert", &cert, "--tls-key", &key]).await;
+    assert!(
+        served.esdb_url.ends_with("?tls=true"),
+        "{}",
+        served.esdb_url
+    );
+    let settings: ClientSettings = format!("{}&tlsVerifyCert=false", served.esdb_url)
+        .parse()
+        .expect("a connection string");
+    let client = Client::new(settings).expect("a client");
+    client
+        .append_to_stream(
+            "order-9",
+            &AppendToStreamOptions::default().stream_state(StreamState::NoStream),
+            event("order-placed", json!({"total": 5})),
+        )
+        .await
+        .expect("an append over TLS");
+    let read = read_stream(&client, "order-9", &ReadStreamOptions::default()).await;
+    assert_eq!(revisions(&read), [0]);
+    assert_eq!(stored_count(&db, "order-9").await, 1);
+
+    // A cleartext client gets no answer from a TLS server.
+    let plain: ClientSettings = served
+        .esdb_url
+        .replace("tls=true", "tls=false")
+        .parse()
+        .unwrap();
+    let plain = Client::new(plain).unwrap();
+    let refused = tokio::time::timeout(
+        PATIENCE,
+        plain.append_to_stream(
+            "order-9",
+            &AppendToStreamOptions::default(),
+            event("order-paid", json!({})),
+        ),
+    )
+    .await
+    .expect("the cleartext client gives up in time");
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(stored_count(&db, "order-9").await, 1);
+    drop(served);
+
+    // A key that is not one, a file that is missing, a certificate without its key: the
+    // server says so and exits before it listens.
+    std::fs::write(dir.join("bad.pem"), "not a key").unwrap();
+    let bad = dir.join("bad.pem").to_string_lossy().into_owned();
+    let missing = dir.join("missing.pem").to_string_lossy().into_owned();
+    for (args, says) in [
+        (
+            vec!["--tls-cert", cert.as_str(), "--tls-key", bad.as_str()],
+            "TLS",
+        ),
+        (
+            vec!["--tls-cert", missing.as_str(), "--tls-key", key.as_str()],
+            "missing.pem",
+        ),
+        (vec!["--tls-cert", cert.as_str()], "--tls-key"),
+    ] {
+        let run = tokio::process::Command::new(pg_eventstore_tests::eventstore_bin())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(&args)
+            .env("DATABASE_URL", db.url())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(PATIENCE, run)
+            .await
+            .expect("the server exits in time")
+            .expect("the server runs");
+        assert!(!output.status.success(), "{args:?} served");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(!stdout.contains("serving"), "{args:?}: {stdout}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

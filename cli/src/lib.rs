@@ -111,7 +111,8 @@ pub enum Command {
     Notify(NotifyArgs),
     /// Serve EventStoreDB's (KurrentDB's) gRPC protocol until SIGINT or SIGTERM, so that
     /// applications written against its clients use this database unchanged
-    /// (esdb://127.0.0.1:2113?tls=false). Runs the portable form's notifier where needed.
+    /// (esdb://127.0.0.1:2113?tls=false, or tls=true with --tls-cert and --tls-key). Runs
+    /// the portable form's notifier where needed.
     Serve(ServeArgs),
 }
 
@@ -124,6 +125,12 @@ pub struct ServeArgs {
     /// Listen on an address other than loopback although nothing authenticates callers.
     #[arg(long)]
     insecure: bool,
+    /// Serve over TLS (esdb://…?tls=true) with this PEM certificate chain; needs --tls-key.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 /// The options of `notify`.
@@ -699,6 +706,10 @@ async fn serve(store: EventStore, args: ServeArgs) -> Result<()> {
     let options = pg_eventstore_server::ServeOptions {
         listen: args.listen,
         insecure: args.insecure,
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| pg_eventstore_server::TlsFiles { cert, key }),
     };
     let listener = pg_eventstore_server::Listener::bind(&options).await?;
     let address = listener
@@ -706,7 +717,7 @@ async fn serve(store: EventStore, args: ServeArgs) -> Result<()> {
         .map_err(|error| CliError::Usage(format!("cannot read the listening address: {error}")))?;
     let notifier = spawn_notifier_if_needed(&store).await?;
     // Scripts wait for this line to know the port is open.
-    println!("serving esdb://{address}?tls=false");
+    println!("serving esdb://{address}?tls={}", listener.is_tls());
     tracing::info!(%address, "serving gRPC; SIGINT or SIGTERM stops it");
     let outcome = listener.serve(store, shutdown_signal()).await;
     if let Some(notifier) = notifier {

@@ -86,6 +86,18 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// Allow a listening address other than loopback without authentication.
     pub insecure: bool,
+    /// Serve over TLS with this certificate chain and key (PEM files); cleartext HTTP/2
+    /// without.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of a TLS identity.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The certificate chain, the server's certificate first.
+    pub cert: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
 }
 
 /// Why the server could not start or stopped.
@@ -106,6 +118,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS certificate or key could not be read or used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The transport failed.
     #[error("gRPC transport failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -114,6 +129,7 @@ pub enum ServeError {
 /// A bound listening socket: the address is known (port 0 picks a free one) before serving.
 pub struct Listener {
     listener: tokio::net::TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Listener {
@@ -122,13 +138,19 @@ impl Listener {
         if !options.listen.ip().is_loopback() && !options.insecure {
             return Err(ServeError::NotLoopback(options.listen));
         }
+        let tls = options.tls.as_ref().map(tls_config).transpose()?;
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .map_err(|source| ServeError::Listen {
                 address: options.listen,
                 source,
             })?;
-        Ok(Listener { listener })
+        Ok(Listener { listener, tls })
+    }
+
+    /// Whether the server speaks TLS (`esdb://…?tls=true`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The address bound.
@@ -156,7 +178,13 @@ impl Listener {
             // need not wait for clients that never hang up.
             let _ = stop_streams.send(true);
         };
-        tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            server = server
+                .tls_config(tls)
+                .map_err(|error| ServeError::Tls(error.to_string()))?;
+        }
+        server
             // Clients ping every 10 s while calls are active: allow it.
             .http2_keepalive_interval(None)
             .add_service(
@@ -178,6 +206,33 @@ impl Listener {
             .await?;
         Ok(())
     }
+}
+
+/// The TLS configuration of `files`, checked: the files are read and the key is made
+/// usable now, so that a bad file stops the server before it listens.
+fn tls_config(files: &TlsFiles) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|error| ServeError::Tls(format!("{}: {error}", path.display())))
+    };
+    let identity = tonic::transport::Identity::from_pem(read(&files.cert)?, read(&files.key)?);
+    let config = tonic::transport::ServerTlsConfig::new().identity(identity);
+    tonic::transport::Server::builder()
+        .tls_config(config.clone())
+        .map_err(|error| {
+            // tonic's own message says only "transport error": the cause is in its sources.
+            let mut cause = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(inner) = source {
+                cause = inner.to_string();
+                source = inner.source();
+            }
+            ServeError::Tls(format!(
+                "{} and {} are not a usable certificate and key: {cause}",
+                files.cert.display(),
+                files.key.display()
+            ))
+        })?;
+    Ok(config)
 }
 
 /// The largest request message accepted: EventStoreDB's default largest append is 16 MiB.

@@ -636,9 +636,15 @@ pub struct Served {
 impl Served {
     /// Starts the server and waits (up to a minute) until it says it listens.
     pub async fn start(url: &str) -> Served {
+        Self::start_with(url, &[]).await
+    }
+
+    /// [`Served::start`] with more arguments for `eventstore serve`.
+    pub async fn start_with(url: &str, args: &[&str]) -> Served {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(eventstore_bin())
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
             .env("DATABASE_URL", url)
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
