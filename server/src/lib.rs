@@ -129,7 +129,9 @@ pub enum ServeError {
 /// A bound listening socket: the address is known (port 0 picks a free one) before serving.
 pub struct Listener {
     listener: tokio::net::TcpListener,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    /// The transport, with its TLS set up already when there is TLS.
+    server: tonic::transport::Server,
+    tls: bool,
 }
 
 impl Listener {
@@ -138,19 +140,26 @@ impl Listener {
         if !options.listen.ip().is_loopback() && !options.insecure {
             return Err(ServeError::NotLoopback(options.listen));
         }
-        let tls = options.tls.as_ref().map(tls_config).transpose()?;
+        let mut server = tonic::transport::Server::builder();
+        if let Some(files) = &options.tls {
+            server = with_tls(server, files)?;
+        }
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .map_err(|source| ServeError::Listen {
                 address: options.listen,
                 source,
             })?;
-        Ok(Listener { listener, tls })
+        Ok(Listener {
+            listener,
+            server,
+            tls: options.tls.is_some(),
+        })
     }
 
     /// Whether the server speaks TLS (`esdb://…?tls=true`).
     pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
+        self.tls
     }
 
     /// The address bound.
@@ -178,13 +187,7 @@ impl Listener {
             // need not wait for clients that never hang up.
             let _ = stop_streams.send(true);
         };
-        let mut server = tonic::transport::Server::builder();
-        if let Some(tls) = self.tls {
-            server = server
-                .tls_config(tls)
-                .map_err(|error| ServeError::Tls(error.to_string()))?;
-        }
-        server
+        self.server
             // Clients ping every 10 s while calls are active: allow it.
             .http2_keepalive_interval(None)
             .add_service(
@@ -208,31 +211,31 @@ impl Listener {
     }
 }
 
-/// The TLS configuration of `files`, checked: the files are read and the key is made
+/// `server` serving TLS with the identity in `files`: the files are read and the key made
 /// usable now, so that a bad file stops the server before it listens.
-fn tls_config(files: &TlsFiles) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
+fn with_tls(
+    server: tonic::transport::Server,
+    files: &TlsFiles,
+) -> Result<tonic::transport::Server, ServeError> {
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|error| ServeError::Tls(format!("{}: {error}", path.display())))
     };
     let identity = tonic::transport::Identity::from_pem(read(&files.cert)?, read(&files.key)?);
     let config = tonic::transport::ServerTlsConfig::new().identity(identity);
-    tonic::transport::Server::builder()
-        .tls_config(config.clone())
-        .map_err(|error| {
-            // tonic's own message says only "transport error": the cause is in its sources.
-            let mut cause = error.to_string();
-            let mut source = std::error::Error::source(&error);
-            while let Some(inner) = source {
-                cause = inner.to_string();
-                source = inner.source();
-            }
-            ServeError::Tls(format!(
-                "{} and {} are not a usable certificate and key: {cause}",
-                files.cert.display(),
-                files.key.display()
-            ))
-        })?;
-    Ok(config)
+    server.tls_config(config).map_err(|error| {
+        // tonic's own message says only "transport error": the cause is in its sources.
+        let mut cause = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(inner) = source {
+            cause = inner.to_string();
+            source = inner.source();
+        }
+        ServeError::Tls(format!(
+            "{} and {} are not a usable certificate and key: {cause}",
+            files.cert.display(),
+            files.key.display()
+        ))
+    })
 }
 
 /// The largest request message accepted: EventStoreDB's default largest append is 16 MiB.

@@ -89,13 +89,8 @@ const DEFAULT_MESSAGE_TIMEOUT_MS: i64 = 30_000;
 /// The checkpoint interval reported for a group whose request gives none.
 const DEFAULT_CHECKPOINT_AFTER_MS: i64 = 2_000;
 
-/// The strategy names the protocol knows.
-const STRATEGIES: [&str; 4] = [
-    "DispatchToSingle",
-    "RoundRobin",
-    "Pinned",
-    "PinnedByCorrelation",
-];
+/// The strategy names accepted (PinnedByCorrelation, the protocol's fourth, is refused).
+const STRATEGIES: [&str; 3] = ["DispatchToSingle", "RoundRobin", "Pinned"];
 
 /// What a subscription follows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,16 +107,21 @@ impl Source {
         }
     }
 
+    /// The source a stream name names: `$all`, or that stream.
+    fn of_name(name: String) -> Source {
+        if name == ALL {
+            Source::All
+        } else {
+            Source::Stream(name)
+        }
+    }
+
     fn of_identifier(identifier: Option<&StreamIdentifier>) -> Result<Source, Status> {
         let stream = codec::stream_name(identifier).map_err(status::codec)?;
         if stream.is_empty() {
             return Err(invalid("the stream name must not be empty"));
         }
-        Ok(if stream == ALL {
-            Source::All
-        } else {
-            Source::Stream(stream)
-        })
+        Ok(Source::of_name(stream))
     }
 
     /// The source a request names: a stream (`Some(identifier)`) or `$all` (`None`), in
@@ -150,49 +150,50 @@ enum Start {
     At(u64),
 }
 
-/// The failure statuses of §6, each with its trailers.
-fn not_found(source: &Source, group: &str) -> Status {
+/// A failure status of §6 on the group of (`source`, `group`): `code`, the `exception`
+/// trailer and the stream and group trailers, with `what` saying what happened.
+fn group_status(code: Code, exception: &str, source: &Source, group: &str, what: &str) -> Status {
     with_trailers(
-        Code::NotFound,
+        code,
         format!(
-            "persistent subscription group {group:?} on {:?} does not exist",
+            "persistent subscription group {group:?} on {:?} {what}",
             source.name()
         ),
         &[
-            ("exception", "persistent-subscription-does-not-exist"),
+            ("exception", exception),
             ("stream-name", source.name()),
             ("group-name", group),
         ],
+    )
+}
+
+fn not_found(source: &Source, group: &str) -> Status {
+    group_status(
+        Code::NotFound,
+        "persistent-subscription-does-not-exist",
+        source,
+        group,
+        "does not exist",
     )
 }
 
 fn exists(source: &Source, group: &str) -> Status {
-    with_trailers(
+    group_status(
         Code::AlreadyExists,
-        format!(
-            "persistent subscription group {group:?} on {:?} already exists",
-            source.name()
-        ),
-        &[
-            ("exception", "persistent-subscription-exists"),
-            ("stream-name", source.name()),
-            ("group-name", group),
-        ],
+        "persistent-subscription-exists",
+        source,
+        group,
+        "already exists",
     )
 }
 
 fn dropped(source: &Source, group: &str, why: &str) -> Status {
-    with_trailers(
+    group_status(
         Code::Cancelled,
-        format!(
-            "persistent subscription group {group:?} on {:?} was dropped: {why}",
-            source.name()
-        ),
-        &[
-            ("exception", "persistent-subscription-dropped"),
-            ("stream-name", source.name()),
-            ("group-name", group),
-        ],
+        "persistent-subscription-dropped",
+        source,
+        group,
+        &format!("was dropped: {why}"),
     )
 }
 
@@ -210,13 +211,13 @@ fn store_error(source: &Source, group: &str, error: Error) -> Status {
 
 /// The protocol's settings of a group, checked, as the store and the table keep them.
 struct GroupOptions {
-    message_timeout_ms: i64,
+    message_timeout_ms: i32,
     max_retry_count: i32,
     strategy: String,
     max_subscriber_count: i32,
     resolve_links: bool,
     extra_statistics: bool,
-    checkpoint_after_ms: i64,
+    checkpoint_after_ms: i32,
     min_checkpoint_count: i32,
     max_checkpoint_count: i32,
     live_buffer_size: i32,
@@ -268,25 +269,27 @@ impl GroupOptions {
                 return Err(invalid(format!("{what} must not be negative, got {value}")));
             }
         }
-        if i32::try_from(checkpoint_after_ms).is_err() || i32::try_from(message_timeout_ms).is_err()
-        {
+        let (Ok(message_timeout_ms), Ok(checkpoint_after_ms)) = (
+            i32::try_from(message_timeout_ms),
+            i32::try_from(checkpoint_after_ms),
+        ) else {
             return Err(invalid(
                 "the message timeout and checkpoint interval must fit 32 bits",
             ));
-        }
+        };
         let strategy = if create && !settings.consumer_strategy.is_empty() {
+            if settings.consumer_strategy == "PinnedByCorrelation" {
+                return Err(invalid(
+                    "the PinnedByCorrelation strategy has no equivalent here: groups keep \
+                     events in order by stream (Pinned), not by correlation id",
+                ));
+            }
             if !STRATEGIES.contains(&settings.consumer_strategy.as_str()) {
                 return Err(invalid(format!(
                     "unknown consumer strategy {:?}: the strategies are {}",
                     settings.consumer_strategy,
                     STRATEGIES.join(", ")
                 )));
-            }
-            if settings.consumer_strategy == "PinnedByCorrelation" {
-                return Err(invalid(
-                    "the PinnedByCorrelation strategy has no equivalent here: groups keep \
-                     events in order by stream (Pinned), not by correlation id",
-                ));
             }
             settings.consumer_strategy
         } else {
@@ -474,7 +477,6 @@ async fn place(
             }
             // The log after the head holds only events appended later; a stream's events
             // from a revision on come after the one before that revision's event.
-            let head = head().await?;
             let last = store.stream_version(stream).await?;
             let from_revision = match start {
                 Start::Beginning => 0,
@@ -490,10 +492,10 @@ async fn place(
                 );
                 match futures_util::StreamExt::next(&mut events).await {
                     Some(event) => event?.position.saturating_sub(1),
-                    None => head,
+                    None => head().await?,
                 }
             } else {
-                head
+                head().await?
             };
             Ok(Placement {
                 categories: Some(vec![category(stream).to_owned()]),
@@ -544,16 +546,11 @@ const STORED: &str = "SELECT p.*, g.position, g.in_flight, g.parked, g.lag, g.ma
 
 impl Stored {
     fn from_row(row: &PgRow) -> Result<Stored, sqlx::Error> {
-        let source: String = row.try_get("event_source")?;
         let stream: Option<String> = row.try_get("stream")?;
         let from_revision: Option<i64> = row.try_get("from_revision")?;
         let filter_on: Option<String> = row.try_get("filter_on")?;
         Ok(Stored {
-            source: if source == ALL {
-                Source::All
-            } else {
-                Source::Stream(source)
-            },
+            source: Source::of_name(row.try_get("event_source")?),
             group: row.try_get("subscription_group")?,
             group_name: row.try_get("group_name")?,
             start_from: row.try_get("start_from")?,
@@ -602,14 +599,6 @@ impl Stored {
         })
     }
 
-    /// A position in the form GetInfo reports for this source.
-    fn position_text(&self, position: i64) -> String {
-        match self.source {
-            Source::All => format!("C:{position}/P:{position}"),
-            Source::Stream(_) => position.to_string(),
-        }
-    }
-
     fn info(&self, connections: Vec<ConnectionInfo>) -> SubscriptionInfo {
         let to_i32 = |value: i64| i32::try_from(value).unwrap_or(i32::MAX);
         let in_flight: i64 = connections
@@ -620,7 +609,7 @@ impl Stored {
         // Stream groups report revisions, which the store's group positions are not: the
         // last processed position is reported for $all groups only.
         let checkpointed = match (&self.source, self.position) {
-            (Source::All, position) if position > 0 => self.position_text(position),
+            (Source::All, position) if position > 0 => format!("C:{position}/P:{position}"),
             _ => String::new(),
         };
         SubscriptionInfo {
@@ -656,7 +645,8 @@ impl Stored {
     }
 }
 
-async fn load(store: &EventStore, source: &Source, group: &str) -> Result<Option<Stored>, Status> {
+/// The persistent subscription `group` of `source`; NOT_FOUND when there is none.
+async fn load(store: &EventStore, source: &Source, group: &str) -> Result<Stored, Status> {
     let row = sqlx::query(&format!(
         "{STORED} WHERE p.event_source = $1 AND p.subscription_group = $2"
     ))
@@ -665,10 +655,8 @@ async fn load(store: &EventStore, source: &Source, group: &str) -> Result<Option
     .fetch_optional(store.pool())
     .await
     .map_err(|e| store_error(source, group, e.into()))?;
-    row.as_ref()
-        .map(Stored::from_row)
-        .transpose()
-        .map_err(|e| status::store(e.into()))
+    let row = row.ok_or_else(|| not_found(source, group))?;
+    Stored::from_row(&row).map_err(|e| status::store(e.into()))
 }
 
 /// The events a connection delivers of those its group leases to it.
@@ -718,19 +706,12 @@ impl Registry {
         let connections = groups.entry(stored.group_name.clone()).or_default();
         let limit = usize::try_from(stored.max_subscriber_count).unwrap_or(0);
         if limit > 0 && connections.len() >= limit {
-            return Err(with_trailers(
+            return Err(group_status(
                 Code::FailedPrecondition,
-                format!(
-                    "persistent subscription group {:?} on {:?} has its maximum of {limit} \
-                     subscribers",
-                    stored.group,
-                    stored.source.name()
-                ),
-                &[
-                    ("exception", "maximum-subscribers-reached"),
-                    ("stream-name", stored.source.name()),
-                    ("group-name", &stored.group),
-                ],
+                "maximum-subscribers-reached",
+                &stored.source,
+                &stored.group,
+                &format!("has its maximum of {limit} subscribers"),
             ));
         }
         let id = Uuid::new_v4();
@@ -830,6 +811,12 @@ impl PersistentSubscriptions for Service {
             .await
             .map_err(|e| store_error(&source, &group, e))?;
         let fail = |e: sqlx::Error| store_error(&source, &group, e.into());
+        // A unique violation, of the store's group name or of the table's (stream, group),
+        // is a group that exists already.
+        let conflict = |e: sqlx::Error| match Error::from(e) {
+            error if error.sqlstate().as_deref() == Some("23505") => exists(&source, &group),
+            error => store_error(&source, &group, error),
+        };
         let mut tx = self.store.pool().begin().await.map_err(fail)?;
         sqlx::query("SELECT eventstore.create_group($1, $2, $3, $4, $5, $6, $7)")
             .bind(&group_name)
@@ -841,10 +828,7 @@ impl PersistentSubscriptions for Service {
             .bind(options.ordered_by_stream())
             .execute(&mut *tx)
             .await
-            .map_err(|e| match Error::from(e) {
-                error if error.sqlstate().as_deref() == Some("23505") => exists(&source, &group),
-                error => store_error(&source, &group, error),
-            })?;
+            .map_err(conflict)?;
         let (stream, from_revision) = placement.stream.unzip();
         sqlx::query(
             "INSERT INTO kurrentdb.persistent_subscriptions \
@@ -879,7 +863,7 @@ impl PersistentSubscriptions for Service {
         .bind(options.max_subscriber_count)
         .bind(options.resolve_links)
         .bind(options.extra_statistics)
-        .bind(i32::try_from(options.checkpoint_after_ms).unwrap_or(i32::MAX))
+        .bind(options.checkpoint_after_ms)
         .bind(options.min_checkpoint_count)
         .bind(options.max_checkpoint_count)
         .bind(options.live_buffer_size)
@@ -887,10 +871,7 @@ impl PersistentSubscriptions for Service {
         .bind(options.history_buffer_size)
         .execute(&mut *tx)
         .await
-        .map_err(|e| match Error::from(e) {
-            error if error.sqlstate().as_deref() == Some("23505") => exists(&source, &group),
-            error => store_error(&source, &group, error),
-        })?;
+        .map_err(conflict)?;
         tx.commit().await.map_err(fail)?;
         tracing::info!(stream = source.name(), %group, "persistent subscription created");
         Ok(Response::new(CreateResp {}))
@@ -929,7 +910,7 @@ impl PersistentSubscriptions for Service {
         .bind(settings.max_subscriber_count)
         .bind(settings.resolve_links)
         .bind(settings.extra_statistics)
-        .bind(i32::try_from(settings.checkpoint_after_ms).unwrap_or(i32::MAX))
+        .bind(settings.checkpoint_after_ms)
         .bind(settings.min_checkpoint_count)
         .bind(settings.max_checkpoint_count)
         .bind(settings.live_buffer_size)
@@ -1034,9 +1015,7 @@ impl PersistentSubscriptions for Service {
             Ok(size) => size.min(MAX_BUFFER),
             Err(_) => return Err(invalid("the buffer size must not be negative")),
         };
-        let stored = load(&self.store, &source, &group)
-            .await?
-            .ok_or_else(|| not_found(&source, &group))?;
+        let stored = load(&self.store, &source, &group).await?;
         let selection = stored.selection()?;
         let registration = self.registry.join(
             &stored,
@@ -1087,9 +1066,7 @@ impl PersistentSubscriptions for Service {
             }),
             "get-info request",
         )?;
-        let stored = load(&self.store, &source, &group)
-            .await?
-            .ok_or_else(|| not_found(&source, &group))?;
+        let stored = load(&self.store, &source, &group).await?;
         let connections = self.registry.connections(&stored.group_name);
         Ok(Response::new(GetInfoResp {
             subscription_info: Some(stored.info(connections)),
@@ -1120,30 +1097,26 @@ impl PersistentSubscriptions for Service {
             ),
             Some(replay_parked_req::options::StopAtOption::NoLimit(Empty {})) | None => None,
         };
-        let stored = load(&self.store, &source, &group)
-            .await?
-            .ok_or_else(|| not_found(&source, &group))?;
+        let stored = load(&self.store, &source, &group).await?;
         let fail = |e| store_error(&source, &group, e);
-        match stop_at {
-            None => {
+        // With a limit, the first `stop_at` parked events, in position order.
+        let positions: Option<Vec<u64>> = match stop_at {
+            None => None,
+            Some(stop_at) => Some(
                 self.store
-                    .replay_parked(&stored.group_name, None)
+                    .parked(&stored.group_name)
                     .await
-                    .map_err(fail)?;
-            }
-            Some(stop_at) => {
-                let parked = self.store.parked(&stored.group_name).await.map_err(fail)?;
-                let positions: Vec<u64> = parked
+                    .map_err(fail)?
                     .iter()
                     .take(stop_at)
                     .map(|parked| parked.event.position)
-                    .collect();
-                self.store
-                    .replay_parked(&stored.group_name, Some(&positions))
-                    .await
-                    .map_err(fail)?;
-            }
-        }
+                    .collect(),
+            ),
+        };
+        self.store
+            .replay_parked(&stored.group_name, positions.as_deref())
+            .await
+            .map_err(fail)?;
         Ok(Response::new(ReplayParkedResp {}))
     }
 
@@ -1236,8 +1209,8 @@ impl Consumer {
                 if self.room() > 0 {
                     match self.deliver(&tx).await {
                         // More may be waiting: fetch again at once.
-                        Ok(Some(_)) => continue,
-                        Ok(None) => {}
+                        Ok(true) => continue,
+                        Ok(false) => {}
                         Err(end) => break end,
                     }
                 }
@@ -1283,9 +1256,9 @@ impl Consumer {
             .saturating_sub(u32::try_from(self.in_flight.len()).unwrap_or(u32::MAX))
     }
 
-    /// Fetches as many events as the client has room for and sends those it gets; `None`
+    /// Fetches as many events as the client has room for and sends those it gets; `false`
     /// when the group had nothing to give.
-    async fn deliver(&mut self, tx: &Sender) -> Result<Option<usize>, End> {
+    async fn deliver(&mut self, tx: &Sender) -> Result<bool, End> {
         let group_name = &self.registration.group_name;
         let batch = self
             .store
@@ -1293,9 +1266,8 @@ impl Consumer {
             .await
             .map_err(|e| End::Status(store_error(&self.source, &self.group, e)))?;
         if batch.is_empty() {
-            return Ok(None);
+            return Ok(false);
         }
-        let fetched = batch.len();
         let deadline = Instant::now() + self.lease_timeout;
         let mut unseen = Vec::new();
         for GroupEvent { event, attempt } in batch {
@@ -1327,7 +1299,7 @@ impl Consumer {
                 .await
                 .map_err(|e| End::Status(store_error(&self.source, &self.group, e)))?;
         }
-        Ok(Some(fetched))
+        Ok(true)
     }
 
     /// Settles what an ack or nack names.
