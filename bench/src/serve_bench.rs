@@ -1,5 +1,5 @@
 //! `eventstore serve` against the store's own client: appends through EventStoreDB's Rust
-//! client (`kurrentdb`, over gRPC to a server in this process) with 1 and 8 concurrent
+//! client (`kurrentdb`, over gRPC to `eventstore serve` on loopback) with 1 and 8 concurrent
 //! callers, against the same appends through `EventStore::append`; and a `$all` catch-up
 //! read through each. The server runs as its own process; both sides use the same database
 //! in the same rounds, alternating which goes first.
