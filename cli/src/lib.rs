@@ -112,7 +112,8 @@ pub enum Command {
     /// Serve EventStoreDB's (KurrentDB's) gRPC protocol until SIGINT or SIGTERM, so that
     /// applications written against its clients use this database unchanged
     /// (esdb://127.0.0.1:2113?tls=false, or tls=true with --tls-cert and --tls-key). Runs
-    /// the portable form's notifier where needed.
+    /// the portable form's notifier where needed. The same port serves the stream browser
+    /// (http://127.0.0.1:2113/ui), /metrics and /health.
     Serve(ServeArgs),
 }
 
@@ -131,6 +132,9 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert", value_name = "FILE")]
     tls_key: Option<std::path::PathBuf>,
+    /// Do not serve the stream browser's pages (/metrics and /health stay).
+    #[arg(long)]
+    no_ui: bool,
 }
 
 /// The options of `notify`.
@@ -553,7 +557,7 @@ impl App {
                 .await;
                 Ok(())
             }
-            Command::Serve(args) => serve(store, args).await,
+            Command::Serve(args) => serve(store, self.projections.clone(), args).await,
             Command::PortableSql => unreachable!("printed before connecting"),
         }
     }
@@ -702,10 +706,15 @@ async fn spawn_notifier_if_needed(
     })))
 }
 
-async fn serve(store: EventStore, args: ServeArgs) -> Result<()> {
+async fn serve(
+    store: EventStore,
+    projections: Vec<Arc<dyn Projection>>,
+    args: ServeArgs,
+) -> Result<()> {
     let options = pg_eventstore_server::ServeOptions {
         listen: args.listen,
         insecure: args.insecure,
+        ui: !args.no_ui,
         tls: args
             .tls_cert
             .zip(args.tls_key)
@@ -716,10 +725,16 @@ async fn serve(store: EventStore, args: ServeArgs) -> Result<()> {
         .local_addr()
         .map_err(|error| CliError::Usage(format!("cannot read the listening address: {error}")))?;
     let notifier = spawn_notifier_if_needed(&store).await?;
+    let ui = listener
+        .ui_url()
+        .map_err(|error| CliError::Usage(format!("cannot read the listening address: {error}")))?;
+    if let Some(ui) = &ui {
+        println!("stream browser at {ui}");
+    }
     // Scripts wait for this line to know the port is open.
     println!("serving esdb://{address}?tls={}", listener.is_tls());
-    tracing::info!(%address, "serving gRPC; SIGINT or SIGTERM stops it");
-    let outcome = listener.serve(store, shutdown_signal()).await;
+    tracing::info!(%address, "serving gRPC and HTTP; SIGINT or SIGTERM stops it");
+    let outcome = listener.serve(store, projections, shutdown_signal()).await;
     if let Some(notifier) = notifier {
         notifier.abort();
     }

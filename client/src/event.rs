@@ -222,7 +222,7 @@ impl RecordedEvent {
     }
 
     /// Builds an event from a row with the columns of `eventstore.recorded_event`.
-    pub(crate) fn from_row(row: &PgRow) -> Result<Self> {
+    pub fn from_row(row: &PgRow) -> Result<Self> {
         let position: i64 = row.try_get("position")?;
         let version: i64 = row.try_get("version")?;
         let Json(data): Json<Box<RawValue>> = row.try_get("data")?;

@@ -12,6 +12,9 @@
 //!   base64, with metadata `"$contentType": "application/octet-stream"` ([`mod@codec`]);
 //! - custom metadata that is a JSON object becomes the event's metadata, and its exact bytes
 //!   are kept too, so that it reads back byte for byte.
+//!
+//! The same port answers HTTP/1.1 and h2 for browsers and monitors ([`mod@web`]): the stream
+//! browser under `/ui`, `/metrics` and `/health`.
 
 #![deny(missing_docs)]
 // tonic's service methods return `Result<_, tonic::Status>`; helpers return the same type
@@ -24,10 +27,13 @@ mod features;
 mod persistent;
 mod status;
 mod streams;
+pub mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use pg_eventstore_client::projection::Projection;
 use pg_eventstore_client::EventStore;
 
 /// The code generated from `proto/` (see `build.rs`), in modules nested as the protobuf
@@ -89,6 +95,9 @@ pub struct ServeOptions {
     /// Serve over TLS with this certificate chain and key (PEM files); cleartext HTTP/2
     /// without.
     pub tls: Option<TlsFiles>,
+    /// Serve the stream browser's pages (`/ui`) beside gRPC; `/metrics` and `/health` are
+    /// served either way.
+    pub ui: bool,
 }
 
 /// The PEM files of a TLS identity.
@@ -132,6 +141,8 @@ pub struct Listener {
     /// The transport, with its TLS set up already when there is TLS.
     server: tonic::transport::Server,
     tls: bool,
+    ui: bool,
+    loopback: bool,
 }
 
 impl Listener {
@@ -154,6 +165,8 @@ impl Listener {
             listener,
             server,
             tls: options.tls.is_some(),
+            ui: options.ui,
+            loopback: options.listen.ip().is_loopback(),
         })
     }
 
@@ -167,16 +180,41 @@ impl Listener {
         self.listener.local_addr()
     }
 
-    /// Serves the store's gRPC services until `shutdown` completes, then stops accepting
-    /// calls and waits for the calls in progress (subscriptions end at once).
+    /// The stream browser's address (`http://…/ui` or `https://…/ui`), when it is served.
+    pub fn ui_url(&self) -> std::io::Result<Option<String>> {
+        let address = self.local_addr()?;
+        Ok(self.ui.then(|| {
+            format!(
+                "{}://{address}/ui",
+                if self.tls { "https" } else { "http" }
+            )
+        }))
+    }
+
+    /// Serves the store's gRPC services, and the HTTP routes beside them, until `shutdown`
+    /// completes, then stops accepting calls and waits for the calls in progress
+    /// (subscriptions and live pages end at once). `projections` are those the projections
+    /// page may rebuild.
     pub async fn serve(
         self,
         store: EventStore,
+        projections: Vec<Arc<dyn Projection>>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
         let (stop_streams, stopped) = tokio::sync::watch::channel(false);
-        let streams = streams::Service::new(store.clone(), stopped.clone());
-        let persistent = persistent::Service::new(store.clone(), stopped);
+        let metrics = Arc::new(web::metrics::Metrics::default());
+        let streams = streams::Service::new(store.clone(), stopped.clone(), metrics.clone());
+        let persistent =
+            persistent::Service::new(store.clone(), stopped.clone(), metrics.clone());
+        let pages = web::Web::new(
+            store.clone(),
+            projections,
+            metrics.clone(),
+            self.loopback,
+            self.tls,
+            stopped,
+        );
+        let sampler = tokio::spawn(metrics.clone().sample(store.clone()));
         let incoming = futures_util::StreamExt::map(
             tokio_stream::wrappers::TcpListenerStream::new(self.listener),
             |accepted| accepted.and_then(connection::Connection::accept),
@@ -187,10 +225,8 @@ impl Listener {
             // need not wait for clients that never hang up.
             let _ = stop_streams.send(true);
         };
-        self.server
-            // Clients ping every 10 s while calls are active: allow it.
-            .http2_keepalive_interval(None)
-            .add_service(
+        let mut grpc = tonic::service::Routes::builder();
+        grpc.add_service(
                 proto::streams::streams_server::StreamsServer::new(streams)
                     .max_decoding_message_size(MAX_MESSAGE_SIZE),
             )
@@ -204,9 +240,27 @@ impl Listener {
                 proto::server_features::server_features_server::ServerFeaturesServer::new(
                     features::Service,
                 ),
-            )
+            );
+        let router = grpc
+            .routes()
+            .into_axum_router()
+            .merge(web::router(pages, self.ui))
+            .fallback(web::fallback)
+            .route_layer(axum::middleware::from_fn_with_state(
+                metrics,
+                web::metrics::track,
+            ));
+        let served = self
+            .server
+            // Clients ping every 10 s while calls are active: allow it.
+            .http2_keepalive_interval(None)
+            // Browsers and monitors speak HTTP/1.1 beside gRPC's HTTP/2.
+            .accept_http1(true)
+            .add_routes(tonic::service::Routes::from(router))
             .serve_with_incoming_shutdown(incoming, shutdown)
-            .await?;
+            .await;
+        sampler.abort();
+        served?;
         Ok(())
     }
 }

@@ -38,10 +38,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt};
 use pg_eventstore_client::{Error, EventStore, GroupEvent, ReadStreamOptions, RecordedEvent};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
@@ -52,6 +54,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use crate::codec;
+use crate::web::metrics::Metrics;
 use crate::proto::persistent::create_req::all_options::{AllOption, FilterOption};
 use crate::proto::persistent::persistent_subscriptions_server::PersistentSubscriptions;
 use crate::proto::persistent::read_req::nack::Action;
@@ -775,15 +778,17 @@ pub struct Service {
     /// Counts RestartSubsystem calls: each drops every connection.
     restarts: watch::Sender<u64>,
     registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
 }
 
 impl Service {
-    pub fn new(store: EventStore, stopped: watch::Receiver<bool>) -> Self {
+    pub fn new(store: EventStore, stopped: watch::Receiver<bool>, metrics: Arc<Metrics>) -> Self {
         Service {
             store,
             stopped,
             restarts: watch::channel(0).0,
             registry: Arc::default(),
+            metrics,
         }
     }
 }
@@ -974,7 +979,7 @@ impl PersistentSubscriptions for Service {
         Ok(Response::new(DeleteResp {}))
     }
 
-    type ReadStream = ReceiverStream<Result<ReadResp, Status>>;
+    type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResp, Status>> + Send>>;
 
     async fn read(
         &self,
@@ -1045,7 +1050,17 @@ impl PersistentSubscriptions for Service {
         let stopped = self.stopped.clone();
         let restarts = self.restarts.subscribe();
         tokio::spawn(consumer.run(incoming, tx, stopped, restarts));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let metrics = self.metrics.clone();
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).inspect(
+            move |message| {
+                if let Ok(ReadResp {
+                    content: Some(Content::Event(_)),
+                }) = message
+                {
+                    metrics.served_events(1);
+                }
+            },
+        ))))
     }
 
     async fn get_info(

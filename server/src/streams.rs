@@ -1,9 +1,11 @@
 //! The Streams service: Append, Read (bounded and as a subscription), and Delete and
 //! Tombstone, which the store does not offer.
 
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use pg_eventstore_client::{
     EventData, EventStore, ExpectedVersion, ReadAllOptions, ReadStreamOptions, RecordedEvent,
     SubscriptionOptions,
@@ -14,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::codec;
+use crate::web::metrics::Metrics;
 use crate::proto::shared::Empty;
 use crate::proto::streams::append_req::options::ExpectedStreamRevision;
 use crate::proto::streams::append_req::Content as AppendContent;
@@ -51,11 +54,16 @@ const DEFAULT_WINDOW: u32 = 32;
 pub struct Service {
     store: EventStore,
     stopped: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 }
 
 impl Service {
-    pub fn new(store: EventStore, stopped: watch::Receiver<bool>) -> Self {
-        Service { store, stopped }
+    pub fn new(store: EventStore, stopped: watch::Receiver<bool>, metrics: Arc<Metrics>) -> Self {
+        Service {
+            store,
+            stopped,
+            metrics,
+        }
     }
 }
 
@@ -63,7 +71,7 @@ type Sender = mpsc::Sender<Result<ReadResp, Status>>;
 
 #[tonic::async_trait]
 impl Streams for Service {
-    type ReadStream = ReceiverStream<Result<ReadResp, Status>>;
+    type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResp, Status>> + Send>>;
 
     async fn read(&self, request: Request<ReadReq>) -> Result<Response<Self::ReadStream>, Status> {
         let options = request
@@ -89,7 +97,17 @@ impl Streams for Service {
                 let _ = tx.send(Err(status)).await;
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let metrics = self.metrics.clone();
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).inspect(
+            move |message| {
+                if let Ok(ReadResp {
+                    content: Some(Content::Event(_)),
+                }) = message
+                {
+                    metrics.served_events(1);
+                }
+            },
+        ))))
     }
 
     async fn append(
