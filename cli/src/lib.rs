@@ -728,11 +728,11 @@ async fn serve(
     let ui = listener
         .ui_url()
         .map_err(|error| CliError::Usage(format!("cannot read the listening address: {error}")))?;
+    // Scripts wait for this line, the first, to know the port is open.
+    println!("serving esdb://{address}?tls={}", listener.is_tls());
     if let Some(ui) = &ui {
         println!("stream browser at {ui}");
     }
-    // Scripts wait for this line to know the port is open.
-    println!("serving esdb://{address}?tls={}", listener.is_tls());
     tracing::info!(%address, "serving gRPC and HTTP; SIGINT or SIGTERM stops it");
     let outcome = listener.serve(store, projections, shutdown_signal()).await;
     if let Some(notifier) = notifier {

@@ -183,12 +183,9 @@ impl Listener {
     /// The stream browser's address (`http://…/ui` or `https://…/ui`), when it is served.
     pub fn ui_url(&self) -> std::io::Result<Option<String>> {
         let address = self.local_addr()?;
-        Ok(self.ui.then(|| {
-            format!(
-                "{}://{address}/ui",
-                if self.tls { "https" } else { "http" }
-            )
-        }))
+        Ok(self
+            .ui
+            .then(|| format!("{}://{address}/ui", if self.tls { "https" } else { "http" })))
     }
 
     /// Serves the store's gRPC services, and the HTTP routes beside them, until `shutdown`
@@ -204,8 +201,7 @@ impl Listener {
         let (stop_streams, stopped) = tokio::sync::watch::channel(false);
         let metrics = Arc::new(web::metrics::Metrics::default());
         let streams = streams::Service::new(store.clone(), stopped.clone(), metrics.clone());
-        let persistent =
-            persistent::Service::new(store.clone(), stopped.clone(), metrics.clone());
+        let persistent = persistent::Service::new(store.clone(), stopped.clone(), metrics.clone());
         let pages = web::Web::new(
             store.clone(),
             projections,
@@ -227,20 +223,20 @@ impl Listener {
         };
         let mut grpc = tonic::service::Routes::builder();
         grpc.add_service(
-                proto::streams::streams_server::StreamsServer::new(streams)
-                    .max_decoding_message_size(MAX_MESSAGE_SIZE),
-            )
-            .add_service(
-                proto::persistent::persistent_subscriptions_server::PersistentSubscriptionsServer::new(
-                    persistent,
-                )
+            proto::streams::streams_server::StreamsServer::new(streams)
                 .max_decoding_message_size(MAX_MESSAGE_SIZE),
+        )
+        .add_service(
+            proto::persistent::persistent_subscriptions_server::PersistentSubscriptionsServer::new(
+                persistent,
             )
-            .add_service(
-                proto::server_features::server_features_server::ServerFeaturesServer::new(
-                    features::Service,
-                ),
-            );
+            .max_decoding_message_size(MAX_MESSAGE_SIZE),
+        )
+        .add_service(
+            proto::server_features::server_features_server::ServerFeaturesServer::new(
+                features::Service,
+            ),
+        );
         let router = grpc
             .routes()
             .into_axum_router()

@@ -54,7 +54,6 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use crate::codec;
-use crate::web::metrics::Metrics;
 use crate::proto::persistent::create_req::all_options::{AllOption, FilterOption};
 use crate::proto::persistent::persistent_subscriptions_server::PersistentSubscriptions;
 use crate::proto::persistent::read_req::nack::Action;
@@ -73,6 +72,7 @@ use crate::proto::persistent::{
 use crate::proto::shared::{Empty, StreamIdentifier};
 use crate::status::{self, invalid, with_trailers};
 use crate::streams::Filter;
+use crate::web::metrics::Metrics;
 
 /// The event source of `$all` groups, as the clients name it.
 const ALL: &str = "$all";

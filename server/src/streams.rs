@@ -16,7 +16,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::codec;
-use crate::web::metrics::Metrics;
 use crate::proto::shared::Empty;
 use crate::proto::streams::append_req::options::ExpectedStreamRevision;
 use crate::proto::streams::append_req::Content as AppendContent;
@@ -34,6 +33,7 @@ use crate::proto::streams::{
     AppendReq, AppendResp, DeleteReq, DeleteResp, ReadReq, ReadResp, TombstoneReq, TombstoneResp,
 };
 use crate::status::{self, invalid, with_trailers};
+use crate::web::metrics::Metrics;
 
 /// The largest append, in bytes of data and custom metadata (EventStoreDB's default).
 pub const MAX_APPEND_SIZE: usize = 16 * 1024 * 1024;

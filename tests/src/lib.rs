@@ -666,6 +666,16 @@ impl Served {
         Served { child, esdb_url }
     }
 
+    /// The server's HTTP address, `http://127.0.0.1:<port>` (no TLS).
+    pub fn http_url(&self) -> String {
+        let address = self
+            .esdb_url
+            .strip_prefix("esdb://")
+            .and_then(|rest| rest.split('?').next())
+            .expect("esdb://ADDRESS?...");
+        format!("http://{address}")
+    }
+
     /// Sends SIGTERM and waits (up to a minute) for the server to exit; returns its status.
     pub async fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().expect("still running") as libc::pid_t;

@@ -56,8 +56,10 @@ pub fn time(at: &DateTime<Utc>) -> String {
 pub fn count(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    // A separator goes before every digit with a multiple of three digits after it.
+    let offset = digits.len() % 3;
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && i % 3 == offset {
             out.push(',');
         }
         out.push(c);

@@ -178,7 +178,10 @@ impl Metrics {
         }
         out.push_str("</tbody></table>");
         let series = |what: fn(&Sample) -> f64| -> Vec<f64> {
-            samples.windows(2).map(|w| rate(&w[0], &w[1], what)).collect()
+            samples
+                .windows(2)
+                .map(|w| rate(&w[0], &w[1], what))
+                .collect()
         };
         let appends = series(appended);
         let reads = series(read);
@@ -627,14 +630,16 @@ mod tests {
     fn label_sets_are_bounded() {
         let metrics = Metrics::default();
         for i in 0..(MAX_SERIES + 10) {
-            metrics.observe("grpc", format!("/made/up{i}"), "Unimplemented".into(), 0.001);
+            metrics.observe(
+                "grpc",
+                format!("/made/up{i}"),
+                "Unimplemented".into(),
+                0.001,
+            );
         }
         let requests = metrics.requests.lock().unwrap();
         assert_eq!(requests.durations.len(), MAX_SERIES + 1);
-        assert_eq!(
-            requests.durations[&("grpc", "other".to_owned())].count,
-            10
-        );
+        assert_eq!(requests.durations[&("grpc", "other".to_owned())].count, 10);
     }
 
     #[test]

@@ -243,7 +243,10 @@ impl IntoResponse for WebError {
                 (status, error.to_string())
             }
         };
-        let mut body = format!("<p class=\"error\" id=\"error\">{}</p>", html::esc(&message));
+        let mut body = format!(
+            "<p class=\"error\" id=\"error\">{}</p>",
+            html::esc(&message)
+        );
         if matches!(self, WebError::Unauthorized(_) | WebError::Forbidden(_)) {
             body.push_str(
                 "<p>Actions that change the store need a member of \

@@ -76,14 +76,20 @@ pub(crate) async fn dashboard(State(web): State<Arc<Web>>, headers: HeaderMap) -
     let mut body = String::from("<div data-refresh=\"5\"></div>");
     let oldest = match &health.oldest_transaction {
         None => "none".to_owned(),
-        Some(t) => format!(
-            "pid {} · {} · {} · {} old<br><code>{}</code>",
-            t.pid,
-            esc(t.application_name.as_deref().unwrap_or("")),
-            esc(t.state.as_deref().unwrap_or("")),
-            html::age(t.age),
-            esc(t.query.as_deref().unwrap_or(""))
-        ),
+        Some(t) => {
+            let mut parts = vec![format!("pid {}", t.pid)];
+            for part in [&t.database, &t.application_name, &t.state] {
+                if let Some(part) = part.as_deref().filter(|p| !p.is_empty()) {
+                    parts.push(esc(part));
+                }
+            }
+            parts.push(format!("{} old", html::age(t.age)));
+            format!(
+                "{}<br><code>{}</code>",
+                parts.join(" · "),
+                esc(t.query.as_deref().unwrap_or(""))
+            )
+        }
     };
     body.push_str(&html::figures(&[
         ("Streams", html::count(health.streams)),
@@ -247,10 +253,7 @@ pub(crate) async fn stream(
     if forwards {
         events.reverse();
     }
-    let base = format!(
-        "/ui/stream?name={}&count={count}",
-        query(&q.name)
-    );
+    let base = format!("/ui/stream?name={}&count={count}", query(&q.name));
     let mut pager = String::from("<nav class=\"pager\">");
     let newest = events.first().map(|e| e.version);
     let oldest = events.last().map(|e| e.version);
@@ -267,12 +270,18 @@ pub(crate) async fn stream(
             "Older",
         ));
     }
-    pager.push_str(&html::link(&format!("{base}&dir=forwards&from=0"), "Oldest"));
+    pager.push_str(&html::link(
+        &format!("{base}&dir=forwards&from=0"),
+        "Oldest",
+    ));
     pager.push_str("</nav>");
     let mut body = html::figures(&[
         ("Stream", esc(&q.name)),
         ("Events", html::count(last + 1)),
-        ("Category", esc(q.name.split('-').next().unwrap_or_default())),
+        (
+            "Category",
+            esc(q.name.split('-').next().unwrap_or_default()),
+        ),
         (
             "Showing versions",
             match (oldest, newest) {
@@ -423,7 +432,9 @@ pub(crate) async fn correlation(
     let rows: Vec<Vec<String>> = events.iter().map(log_row).collect();
     let body = html::table(
         "events",
-        &["Position", "Stream", "Version", "Type", "Recorded", "Id", "Data"],
+        &[
+            "Position", "Stream", "Version", "Type", "Recorded", "Id", "Data",
+        ],
         &rows,
     );
     Ok(html::page(
@@ -557,7 +568,9 @@ pub(crate) async fn log(
     let rows: Vec<Vec<String>> = events.iter().map(log_row).collect();
     body.push_str(&html::table(
         "log",
-        &["Position", "Stream", "Version", "Type", "Recorded", "Id", "Data"],
+        &[
+            "Position", "Stream", "Version", "Type", "Recorded", "Id", "Data",
+        ],
         &rows,
     ));
     body.push_str(&pager);
@@ -639,9 +652,7 @@ pub(crate) async fn live(
                             .id(event.position.to_string())
                             .data(row.to_string())
                     }
-                    Err(error) => SseEvent::default()
-                        .event("failure")
-                        .data(error.to_string()),
+                    Err(error) => SseEvent::default().event("failure").data(error.to_string()),
                 }))
             }
         });
@@ -669,7 +680,10 @@ fn group_row(group: &GroupInfo) -> Vec<String> {
         }
     };
     vec![
-        html::link(&format!("/ui/group?name={}", query(&group.name)), &group.name),
+        html::link(
+            &format!("/ui/group?name={}", query(&group.name)),
+            &group.name,
+        ),
         group.position.to_string(),
         html::count(group.in_flight),
         html::count(group.parked),
@@ -724,7 +738,13 @@ pub(crate) struct GroupQuery {
     done: Option<String>,
 }
 
-fn action_form(action: &str, group: &str, positions: Option<u64>, csrf: &str, label: &str) -> String {
+fn action_form(
+    action: &str,
+    group: &str,
+    positions: Option<u64>,
+    csrf: &str,
+    label: &str,
+) -> String {
     format!(
         "<form method=\"post\" action=\"/ui/group/{action}\" class=\"inline\">\
          <input type=\"hidden\" name=\"group\" value=\"{}\">\
@@ -792,7 +812,15 @@ pub(crate) async fn group(
     body.push_str(&html::table(
         "parked",
         &[
-            "Position", "Stream", "Version", "Type", "Id", "Attempts", "Reason", "Parked at", "",
+            "Position",
+            "Stream",
+            "Version",
+            "Type",
+            "Id",
+            "Attempts",
+            "Reason",
+            "Parked at",
+            "",
         ],
         &rows,
     ));
@@ -859,7 +887,9 @@ async fn parked_action(
     let positions = positions(&form.positions)?;
     let store = EventStore::from_pool(actor.pool.clone());
     let done = if replay {
-        store.replay_parked(&form.group, positions.as_deref()).await?
+        store
+            .replay_parked(&form.group, positions.as_deref())
+            .await?
     } else {
         store.drop_parked(&form.group, positions.as_deref()).await?
     };
@@ -885,7 +915,11 @@ pub(crate) enum Rebuild {
     Failed { by: String, error: String },
 }
 
-fn projection_row(p: &ProjectionStats, rebuild: Option<&Rebuild>, form: Option<String>) -> Vec<String> {
+fn projection_row(
+    p: &ProjectionStats,
+    rebuild: Option<&Rebuild>,
+    form: Option<String>,
+) -> Vec<String> {
     let failure = match &p.failure {
         None => String::new(),
         Some(f) => format!(
@@ -906,11 +940,9 @@ fn projection_row(p: &ProjectionStats, rebuild: Option<&Rebuild>, form: Option<S
             html::count(*total),
             by = esc(by)
         ),
-        Some(Rebuild::Done { by, events }) => format!(
-            "rebuilt by {}: {} events",
-            esc(by),
-            html::count(*events)
-        ),
+        Some(Rebuild::Done { by, events }) => {
+            format!("rebuilt by {}: {} events", esc(by), html::count(*events))
+        }
         Some(Rebuild::Failed { by, error }) => format!(
             "<span class=\"error\">rebuild by {} failed: {}</span>",
             esc(by),
