@@ -3,8 +3,10 @@
 # installed, the psql walkthroughs of the seed scenarios, the migrations (extension, shop read
 # models, checkpoints), a generated workload of the seed shop, and the projection daemon
 # keeping shop.users and shop.orders current. It prints the read models and the stats, shows
-# a live append reaching them, and in a terminal stays up for psql and the client until
-# Ctrl-C; otherwise it stops the daemon and the cluster and exits.
+# a live append reaching them, starts `eventstore serve` (the stream browser, /metrics, and
+# EventStoreDB's gRPC protocol) and prints its URL, and in a terminal stays up for psql, the
+# client and the browser until Ctrl-C; otherwise it stops the server, the daemon and the
+# cluster and exits.
 #
 #   DEMO_USERS / DEMO_ORDERS  size of the generated workload (default 500 / 5000)
 set -euo pipefail
@@ -21,7 +23,12 @@ echo "== starting the demo cluster in $cluster"
 scripts/cluster.sh stop "$cluster"
 port=$(scripts/cluster.sh start "$cluster")
 daemon=""
+server=""
 cleanup() {
+  if [ -n "$server" ]; then
+    kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
+    echo "eventstore serve stopped"
+  fi
   if [ -n "$daemon" ]; then
     kill -TERM "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null || true
     echo "projection daemon stopped"
@@ -87,10 +94,29 @@ echo "== eventstore stats"
 "$eventstore" stats
 
 echo
+echo "== eventstore serve: the stream browser, /metrics, and EventStoreDB's gRPC protocol (log in $cluster/serve.log)"
+# EventStoreDB's port when it is free, any free one otherwise.
+listen=127.0.0.1:2113
+if (exec 3<>/dev/tcp/127.0.0.1/2113) 2>/dev/null; then listen=127.0.0.1:0; fi
+"$eventstore" serve --listen "$listen" >"$cluster/serve.out" 2>"$cluster/serve.log" &
+server=$!
+for _ in $(seq 1 600); do
+  grep -q '^stream browser at ' "$cluster/serve.out" && break
+  kill -0 "$server" 2>/dev/null || { cat "$cluster/serve.log"; exit 1; }
+  sleep 0.1
+done
+ui=$(sed -n 's/^stream browser at //p' "$cluster/serve.out")
+esdb=$(sed -n 's/^serving //p' "$cluster/serve.out")
+echo "stream browser at $ui"
+
+echo
 echo "The event store is at $DATABASE_URL"
 echo "  psql '$DATABASE_URL'"
 echo "  DATABASE_URL='$DATABASE_URL' target/release/eventstore tail     # follow new events"
+echo "The stream browser is at $ui (metrics: ${ui%/ui}/metrics)"
+echo "EventStoreDB's clients connect to $esdb"
 if [ -t 0 ]; then
-  echo "The daemon keeps shop.users and shop.orders current. Press Ctrl-C to stop."
+  echo "The daemon keeps shop.users and shop.orders current, and eventstore serve keeps"
+  echo "serving the stream browser. Press Ctrl-C to stop."
   wait "$daemon"
 fi

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Brings a fresh Debian 12 machine to the state the project builds and runs in. Idempotent:
 # each step is skipped when already done. Run as root, or as a user with sudo.
+#
+#   --tests   also what only the test suite needs: Debian's chromium and chromium-driver,
+#             for the stream browser's tests in a real browser
 set -euo pipefail
 
 SUDO=
@@ -9,6 +12,7 @@ if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 packages=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3)
 # Node.js and npm run the seed's user service in the tests; Debian's when the machine has none.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then packages+=(nodejs npm); fi
+if [ "${1:-}" = --tests ]; then packages+=(chromium chromium-driver); fi
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

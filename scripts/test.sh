@@ -5,7 +5,8 @@
 #      the released SQL frozen (scripts/check-frozen-sql.sh);
 #   2. the unit and doc tests of the client, the shop, the command and the gRPC server
 #      crates, and the integration tests in tests/ (among them EventStoreDB's own Rust
-#      client against eventstore serve) against a private cluster that preloads the extension;
+#      client against eventstore serve, and its stream browser in a headless Chromium)
+#      against a private cluster that preloads the extension;
 #      then the integration tests again with the portable form installed instead
 #      (EVENTSTORE_TEST_INSTALL=portable);
 #   3. the examples (the seed's minimal event store interface, the shop pipeline);
@@ -18,7 +19,7 @@ root=$PWD
 # One build from scratch: incremental caches would only double the disk it takes.
 export CARGO_INCREMENTAL=0
 
-scripts/setup.sh
+scripts/setup.sh --tests
 
 # Every stage's output also goes to a log, from which the closing summary line is counted.
 log=$(mktemp)
