@@ -1334,31 +1334,80 @@ fn self_signed(dir: &std::path::Path) -> (String, String) {
 }
 
 #[tokio::test]
-async fn over_tls_clients_append_and_read_and_bad_tls_options_stop_the_server() {
+async fn over_tls_calls_run_as_the_callers_role_and_bad_tls_options_stop_the_server() {
     let dir = std::env::temp_dir().join(format!("es-tls-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = self_signed(&dir);
     let db = TestDb::new(4).await;
+    let writer = pg_eventstore_tests::role_with_password(&db, "eventstore_writer").await;
+    let reader = pg_eventstore_tests::role_with_password(&db, "eventstore_reader").await;
     let served = Served::start_with(&db.url(), &["--tls-cert", &cert, "--tls-key", &key]).await;
     assert!(
         served.esdb_url.ends_with("?tls=true"),
         "{}",
         served.esdb_url
     );
-    let settings: ClientSettings = format!("{}&tlsVerifyCert=false", served.esdb_url)
-        .parse()
-        .expect("a connection string");
-    let client = Client::new(settings).expect("a client");
+    let client_as = |credentials: &str| {
+        let url = served
+            .esdb_url
+            .replacen("esdb://", &format!("esdb://{credentials}"), 1);
+        let settings: ClientSettings = format!("{url}&tlsVerifyCert=false")
+            .parse()
+            .expect("a connection string");
+        Client::new(settings).expect("a client")
+    };
+    let placed = || event("order-placed", json!({"total": 5}));
+
+    // No credentials, a wrong password, a role that does not exist: UNAUTHENTICATED, which
+    // the client reports as access denied, and nothing is written.
+    for credentials in [
+        String::new(),
+        format!("{writer}:wrong@"),
+        format!("nobody_here:{}@", pg_eventstore_tests::PASSWORD),
+    ] {
+        let refused = client_as(&credentials)
+            .append_to_stream("order-9", &AppendToStreamOptions::default(), placed())
+            .await;
+        assert!(
+            matches!(refused, Err(kurrentdb::Error::AccessDenied)),
+            "{credentials:?}: {refused:?}"
+        );
+    }
+    assert_eq!(stored_count(&db, "order-9").await, 0);
+
+    // A writer appends and reads, as its own role.
+    let client = client_as(&format!("{writer}:{}@", pg_eventstore_tests::PASSWORD));
     client
         .append_to_stream(
             "order-9",
             &AppendToStreamOptions::default().stream_state(StreamState::NoStream),
-            event("order-placed", json!({"total": 5})),
+            placed(),
         )
         .await
         .expect("an append over TLS");
     let read = read_stream(&client, "order-9", &ReadStreamOptions::default()).await;
     assert_eq!(revisions(&read), [0]);
+    assert_eq!(stored_count(&db, "order-9").await, 1);
+    let runs_as: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND usename = $1",
+    )
+    .bind(&writer)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(runs_as >= 1, "the calls ran on {writer}'s connections");
+
+    // A reader reads, and its append is refused by PostgreSQL's privileges.
+    let as_reader = client_as(&format!("{reader}:{}@", pg_eventstore_tests::PASSWORD));
+    let read = read_stream(&as_reader, "order-9", &ReadStreamOptions::default()).await;
+    assert_eq!(revisions(&read), [0]);
+    let refused = as_reader
+        .append_to_stream("order-9", &AppendToStreamOptions::default(), placed())
+        .await;
+    assert!(
+        matches!(refused, Err(kurrentdb::Error::AccessDenied)),
+        "{refused:?}"
+    );
     assert_eq!(stored_count(&db, "order-9").await, 1);
 
     // A cleartext client gets no answer from a TLS server.
@@ -1381,6 +1430,18 @@ async fn over_tls_clients_append_and_read_and_bad_tls_options_stop_the_server() 
     assert!(refused.is_err(), "{refused:?}");
     assert_eq!(stored_count(&db, "order-9").await, 1);
     drop(served);
+    for role in [writer, reader] {
+        // The server's pools of the role are gone with it; a lingering one ends here.
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
+            .bind(&role)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        sqlx::query(&format!("DROP ROLE {role}"))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
 
     // A key that is not one, a file that is missing, a certificate without its key: the
     // server says so and exits before it listens.

@@ -2,9 +2,8 @@
 //! requests and a real headless Chromium driven over WebDriver (Debian's `chromium` and
 //! `chromedriver`, which the test command installs).
 //!
-//! Sign-in is checked by PostgreSQL itself: the test cluster trusts loopback connections,
-//! so these tests add `scram-sha-256` rules to its `pg_hba.conf` for the members of one
-//! group role of theirs ([`CHECKED`]), whose passwords are then really checked.
+//! Sign-in is checked by PostgreSQL itself, for roles made by [`role_with_password`]
+//! (the test cluster trusts loopback connections of every other role).
 //!
 //! The browser test saves a screenshot of each page it visits to
 //! `target/test-output/browser/` (see [`SCREENSHOTS`]).
@@ -12,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
-use pg_eventstore_tests::{eventstore_bin, settled, Served, TestDb};
+use pg_eventstore_tests::{eventstore_bin, role_with_password, settled, Served, TestDb, PASSWORD};
 use reqwest::header;
 use serde_json::json;
 use sqlx::{Connection, PgPool, Row};
@@ -20,10 +19,6 @@ use uuid::Uuid;
 
 /// How long a test waits for something it expects, generous for a loaded 2-core machine.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// The group role whose members log in with a password the test cluster checks.
-const CHECKED: &str = "eventstore_ui_test_checked";
-const PASSWORD: &str = "correct horse battery staple";
 
 /// Where the browser test saves its screenshots, relative to the workspace.
 const SCREENSHOTS: &str = "target/test-output/browser";
@@ -63,81 +58,6 @@ async fn append(pool: &PgPool, stream: &str, events: serde_json::Value) -> i64 {
         .fetch_one(pool)
         .await
         .expect("append")
-}
-
-/// Adds the `scram-sha-256` rules for [`CHECKED`]'s members to the cluster's `pg_hba.conf`
-/// once (ahead of its `trust` rules) and reloads it.
-async fn check_passwords(pool: &PgPool) {
-    static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    ONCE.get_or_init(|| async {
-        sqlx::query(&format!(
-            "DO $$ BEGIN \
-               IF pg_catalog.to_regrole('{CHECKED}') IS NULL THEN CREATE ROLE {CHECKED} NOLOGIN; END IF; \
-             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
-        ))
-        .execute(pool)
-        .await
-        .expect("the group role");
-        let file: String = sqlx::query_scalar("SHOW hba_file")
-            .fetch_one(pool)
-            .await
-            .expect("hba_file");
-        let rules = std::fs::read_to_string(&file).expect("pg_hba.conf is readable");
-        if !rules.contains(CHECKED) {
-            let checked = format!(
-                "# eventstore's web tests: their roles' passwords are checked\n\
-                 host all +{CHECKED} 127.0.0.1/32 scram-sha-256\n\
-                 host all +{CHECKED} ::1/128 scram-sha-256\n"
-            );
-            std::fs::write(&file, format!("{checked}{rules}")).expect("pg_hba.conf is writable");
-        }
-        sqlx::query("SELECT pg_reload_conf()")
-            .execute(pool)
-            .await
-            .expect("reload");
-    })
-    .await;
-}
-
-/// A login role with [`PASSWORD`], member of `member_of`, whose password PostgreSQL checks;
-/// returns its name once a wrong password is refused for it.
-async fn role_with_password(db: &TestDb, member_of: &str) -> String {
-    check_passwords(&db.pool).await;
-    let role = format!("ui_{}", &Uuid::new_v4().simple().to_string()[..12]);
-    sqlx::query(&format!(
-        "CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}' IN ROLE {member_of}, {CHECKED}"
-    ))
-    .execute(&db.pool)
-    .await
-    .expect("create the role");
-    let url = db.url();
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let wrong = url.replacen(
-            "postgres://postgres@",
-            &format!("postgres://{role}:wrong@"),
-            1,
-        );
-        assert_ne!(
-            wrong, url,
-            "DATABASE_URL is postgres://postgres@HOST:PORT/..."
-        );
-        match sqlx::PgConnection::connect(&wrong).await {
-            Err(error)
-                if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("28P01") =>
-            {
-                break
-            }
-            _ => {
-                assert!(
-                    Instant::now() < deadline,
-                    "PostgreSQL never started checking {role}'s password"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    role
 }
 
 async fn parked_count(pool: &PgPool, group: &str) -> i64 {

@@ -111,7 +111,8 @@ pub enum Command {
     Notify(NotifyArgs),
     /// Serve EventStoreDB's (KurrentDB's) gRPC protocol until SIGINT or SIGTERM, so that
     /// applications written against its clients use this database unchanged
-    /// (esdb://127.0.0.1:2113?tls=false, or tls=true with --tls-cert and --tls-key). Runs
+    /// (esdb://127.0.0.1:2113?tls=false, or esdb://role:password@…?tls=true with --tls-cert
+    /// and --tls-key, where each call runs as its PostgreSQL role). Runs
     /// the portable form's notifier where needed. The same port serves the stream browser
     /// (http://127.0.0.1:2113/ui), /metrics and /health.
     Serve(ServeArgs),
@@ -123,7 +124,8 @@ pub struct ServeArgs {
     /// The address and port to listen on.
     #[arg(long, default_value = pg_eventstore_server::DEFAULT_LISTEN)]
     listen: std::net::SocketAddr,
-    /// Listen on an address other than loopback although nothing authenticates callers.
+    /// Listen on an address other than loopback without TLS, where nothing authenticates
+    /// callers (over TLS, every call carries a PostgreSQL role and its password).
     #[arg(long)]
     insecure: bool,
     /// Serve over TLS (esdb://…?tls=true) with this PEM certificate chain; needs --tls-key.

@@ -21,6 +21,7 @@
 // rather than box what tonic then unboxes.
 #![allow(clippy::result_large_err)]
 
+mod callers;
 pub mod codec;
 mod connection;
 mod features;
@@ -90,7 +91,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:2113";
 pub struct ServeOptions {
     /// Where to listen.
     pub listen: SocketAddr,
-    /// Allow a listening address other than loopback without authentication.
+    /// Allow a listening address other than loopback without TLS, where nothing
+    /// authenticates callers (over TLS every call is authenticated, on any address).
     pub insecure: bool,
     /// Serve over TLS with this certificate chain and key (PEM files); cleartext HTTP/2
     /// without.
@@ -148,7 +150,8 @@ pub struct Listener {
 impl Listener {
     /// Binds `options.listen`, refusing a non-loopback address unless `options.insecure`.
     pub async fn bind(options: &ServeOptions) -> Result<Self, ServeError> {
-        if !options.listen.ip().is_loopback() && !options.insecure {
+        // Over TLS every call is authenticated; over cleartext none is.
+        if !options.listen.ip().is_loopback() && !options.insecure && options.tls.is_none() {
             return Err(ServeError::NotLoopback(options.listen));
         }
         let mut server = tonic::transport::Server::builder();
@@ -200,8 +203,9 @@ impl Listener {
     ) -> Result<(), ServeError> {
         let (stop_streams, stopped) = tokio::sync::watch::channel(false);
         let metrics = Arc::new(web::metrics::Metrics::default());
-        let streams = streams::Service::new(store.clone(), stopped.clone(), metrics.clone());
-        let persistent = persistent::Service::new(store.clone(), stopped.clone(), metrics.clone());
+        let callers = Arc::new(callers::Callers::new(store.clone(), self.tls));
+        let streams = streams::Service::new(callers.clone(), stopped.clone(), metrics.clone());
+        let persistent = persistent::Service::new(callers, stopped.clone(), metrics.clone());
         let pages = web::Web::new(
             store.clone(),
             projections,

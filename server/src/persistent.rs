@@ -53,6 +53,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
+use crate::callers::Callers;
 use crate::codec;
 use crate::proto::persistent::create_req::all_options::{AllOption, FilterOption};
 use crate::proto::persistent::persistent_subscriptions_server::PersistentSubscriptions;
@@ -773,7 +774,7 @@ impl Drop for Registration {
 }
 
 pub struct Service {
-    store: EventStore,
+    callers: Arc<Callers>,
     stopped: watch::Receiver<bool>,
     /// Counts RestartSubsystem calls: each drops every connection.
     restarts: watch::Sender<u64>,
@@ -782,9 +783,13 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(store: EventStore, stopped: watch::Receiver<bool>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        callers: Arc<Callers>,
+        stopped: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Service {
-            store,
+            callers,
             stopped,
             restarts: watch::channel(0).0,
             registry: Arc::default(),
@@ -798,6 +803,7 @@ type Sender = mpsc::Sender<Result<ReadResp, Status>>;
 #[tonic::async_trait]
 impl PersistentSubscriptions for Service {
     async fn create(&self, request: Request<CreateReq>) -> Result<Response<CreateResp>, Status> {
+        let store = self.callers.store(request.metadata()).await?;
         let Creation {
             source,
             group,
@@ -812,7 +818,7 @@ impl PersistentSubscriptions for Service {
                 group_name.len()
             )));
         }
-        let placement = place(&self.store, &source, start)
+        let placement = place(&store, &source, start)
             .await
             .map_err(|e| store_error(&source, &group, e))?;
         let fail = |e: sqlx::Error| store_error(&source, &group, e.into());
@@ -822,7 +828,7 @@ impl PersistentSubscriptions for Service {
             error if error.sqlstate().as_deref() == Some("23505") => exists(&source, &group),
             error => store_error(&source, &group, error),
         };
-        let mut tx = self.store.pool().begin().await.map_err(fail)?;
+        let mut tx = store.pool().begin().await.map_err(fail)?;
         sqlx::query("SELECT eventstore.create_group($1, $2, $3, $4, $5, $6, $7)")
             .bind(&group_name)
             .bind(&placement.categories)
@@ -883,6 +889,7 @@ impl PersistentSubscriptions for Service {
     }
 
     async fn update(&self, request: Request<UpdateReq>) -> Result<Response<UpdateResp>, Status> {
+        let store = self.callers.store(request.metadata()).await?;
         let options = request
             .into_inner()
             .options
@@ -897,7 +904,7 @@ impl PersistentSubscriptions for Service {
         };
         let settings = GroupOptions::parse(options.settings, false)?;
         let fail = |e: sqlx::Error| store_error(&source, &group, e.into());
-        let mut tx = self.store.pool().begin().await.map_err(fail)?;
+        let mut tx = store.pool().begin().await.map_err(fail)?;
         // The start stays where the group is: an update changes how it delivers, not what
         // it has done.
         let group_name: Option<String> = sqlx::query_scalar(
@@ -943,6 +950,7 @@ impl PersistentSubscriptions for Service {
     }
 
     async fn delete(&self, request: Request<DeleteReq>) -> Result<Response<DeleteResp>, Status> {
+        let store = self.callers.store(request.metadata()).await?;
         let options = request
             .into_inner()
             .options
@@ -956,7 +964,7 @@ impl PersistentSubscriptions for Service {
             "delete request",
         )?;
         let fail = |e: sqlx::Error| store_error(&source, &group, e.into());
-        let mut tx = self.store.pool().begin().await.map_err(fail)?;
+        let mut tx = store.pool().begin().await.map_err(fail)?;
         let group_name: Option<String> = sqlx::query_scalar(
             "DELETE FROM kurrentdb.persistent_subscriptions \
              WHERE event_source = $1 AND subscription_group = $2 RETURNING group_name",
@@ -985,6 +993,7 @@ impl PersistentSubscriptions for Service {
         &self,
         request: Request<Streaming<ReadReq>>,
     ) -> Result<Response<Self::ReadStream>, Status> {
+        let store = self.callers.store(request.metadata()).await?;
         let from = request
             .remote_addr()
             .map_or_else(String::new, |addr: SocketAddr| addr.to_string());
@@ -1020,7 +1029,7 @@ impl PersistentSubscriptions for Service {
             Ok(size) => size.min(MAX_BUFFER),
             Err(_) => return Err(invalid("the buffer size must not be negative")),
         };
-        let stored = load(&self.store, &source, &group).await?;
+        let stored = load(&store, &source, &group).await?;
         let selection = stored.selection()?;
         let registration = self.registry.join(
             &stored,
@@ -1034,7 +1043,7 @@ impl PersistentSubscriptions for Service {
         )?;
         let (tx, rx) = mpsc::channel(usize::try_from(buffer).unwrap_or(64).clamp(2, 64));
         let consumer = Consumer {
-            store: self.store.clone(),
+            store,
             source,
             group,
             consumer: format!("kurrentdb-{}", registration.id.simple()),
@@ -1067,6 +1076,7 @@ impl PersistentSubscriptions for Service {
         &self,
         request: Request<GetInfoReq>,
     ) -> Result<Response<GetInfoResp>, Status> {
+        let store = self.callers.store(request.metadata()).await?;
         let options = request
             .into_inner()
             .options
@@ -1081,7 +1091,7 @@ impl PersistentSubscriptions for Service {
             }),
             "get-info request",
         )?;
-        let stored = load(&self.store, &source, &group).await?;
+        let stored = load(&store, &source, &group).await?;
         let connections = self.registry.connections(&stored.group_name);
         Ok(Response::new(GetInfoResp {
             subscription_info: Some(stored.info(connections)),
@@ -1092,6 +1102,7 @@ impl PersistentSubscriptions for Service {
         &self,
         request: Request<ReplayParkedReq>,
     ) -> Result<Response<ReplayParkedResp>, Status> {
+        let store = self.callers.store(request.metadata()).await?;
         let options = request
             .into_inner()
             .options
@@ -1112,13 +1123,13 @@ impl PersistentSubscriptions for Service {
             ),
             Some(replay_parked_req::options::StopAtOption::NoLimit(Empty {})) | None => None,
         };
-        let stored = load(&self.store, &source, &group).await?;
+        let stored = load(&store, &source, &group).await?;
         let fail = |e| store_error(&source, &group, e);
         // With a limit, the first `stop_at` parked events, in position order.
         let positions: Option<Vec<u64>> = match stop_at {
             None => None,
             Some(stop_at) => Some(
-                self.store
+                store
                     .parked(&stored.group_name)
                     .await
                     .map_err(fail)?
@@ -1128,7 +1139,7 @@ impl PersistentSubscriptions for Service {
                     .collect(),
             ),
         };
-        self.store
+        store
             .replay_parked(&stored.group_name, positions.as_deref())
             .await
             .map_err(fail)?;
@@ -1136,6 +1147,7 @@ impl PersistentSubscriptions for Service {
     }
 
     async fn list(&self, request: Request<ListReq>) -> Result<Response<ListResp>, Status> {
+        let store = self.callers.store(request.metadata()).await?;
         let options = request
             .into_inner()
             .options
@@ -1157,7 +1169,7 @@ impl PersistentSubscriptions for Service {
              ORDER BY p.event_source, p.subscription_group"
         ))
         .bind(source.as_ref().map(Source::name))
-        .fetch_all(self.store.pool())
+        .fetch_all(store.pool())
         .await
         .map_err(|e| store_error(source.as_ref().unwrap_or(&Source::All), "", e.into()))?;
         if rows.is_empty() {

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::callers::Callers;
 use crate::codec;
 use crate::proto::shared::Empty;
 use crate::proto::streams::append_req::options::ExpectedStreamRevision;
@@ -52,15 +53,19 @@ const END: u64 = u64::MAX;
 const DEFAULT_WINDOW: u32 = 32;
 
 pub struct Service {
-    store: EventStore,
+    callers: Arc<Callers>,
     stopped: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 }
 
 impl Service {
-    pub fn new(store: EventStore, stopped: watch::Receiver<bool>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        callers: Arc<Callers>,
+        stopped: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Service {
-            store,
+            callers,
             stopped,
             metrics,
         }
@@ -74,13 +79,13 @@ impl Streams for Service {
     type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResp, Status>> + Send>>;
 
     async fn read(&self, request: Request<ReadReq>) -> Result<Response<Self::ReadStream>, Status> {
+        let store = self.callers.store(request.metadata()).await?;
         let options = request
             .into_inner()
             .options
             .ok_or_else(|| invalid("a read needs its options"))?;
         let read = Read::parse(options)?;
         let (tx, rx) = mpsc::channel(BUFFER);
-        let store = self.store.clone();
         let mut stopped = self.stopped.clone();
         tokio::spawn(async move {
             let subscription = read.is_subscription();
@@ -114,6 +119,7 @@ impl Streams for Service {
         &self,
         request: Request<Streaming<AppendReq>>,
     ) -> Result<Response<AppendResp>, Status> {
+        let store = self.callers.store(request.metadata()).await?;
         let mut messages = request.into_inner();
         let options = match messages.message().await?.and_then(|m| m.content) {
             Some(AppendContent::Options(options)) => options,
@@ -155,9 +161,9 @@ impl Streams for Service {
             events.push(event);
         }
         let result = if events.is_empty() {
-            empty_append(&self.store, &stream, expected).await?
+            empty_append(&store, &stream, expected).await?
         } else {
-            match self.store.append(&stream, expected, events).await {
+            match store.append(&stream, expected, events).await {
                 Ok(appended) => AppendResult::Success(Success {
                     current_revision_option: Some(
                         append_resp::success::CurrentRevisionOption::CurrentRevision(

@@ -687,3 +687,84 @@ impl Served {
             .expect("wait for eventstore serve")
     }
 }
+
+/// The group role whose members log in with a password the test cluster checks: it trusts
+/// every other role's loopback connections.
+pub const CHECKED: &str = "eventstore_test_password_checked";
+/// The password of the roles [`role_with_password`] makes.
+pub const PASSWORD: &str = "correct-horse-battery-staple";
+
+/// Adds the `scram-sha-256` rules for [`CHECKED`]'s members to the cluster's `pg_hba.conf`
+/// once (ahead of its `trust` rules) and reloads it.
+pub async fn check_passwords(pool: &PgPool) {
+    static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    ONCE.get_or_init(|| async {
+        sqlx::query(&format!(
+            "DO $$ BEGIN \
+               IF pg_catalog.to_regrole('{CHECKED}') IS NULL THEN CREATE ROLE {CHECKED} NOLOGIN; END IF; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+        ))
+        .execute(pool)
+        .await
+        .expect("the group role");
+        let file: String = sqlx::query_scalar("SHOW hba_file")
+            .fetch_one(pool)
+            .await
+            .expect("hba_file");
+        let rules = std::fs::read_to_string(&file).expect("pg_hba.conf is readable");
+        if !rules.contains(CHECKED) {
+            let checked = format!(
+                "# eventstore's web tests: their roles' passwords are checked\n\
+                 host all +{CHECKED} 127.0.0.1/32 scram-sha-256\n\
+                 host all +{CHECKED} ::1/128 scram-sha-256\n"
+            );
+            std::fs::write(&file, format!("{checked}{rules}")).expect("pg_hba.conf is writable");
+        }
+        sqlx::query("SELECT pg_reload_conf()")
+            .execute(pool)
+            .await
+            .expect("reload");
+    })
+    .await;
+}
+
+/// A login role with [`PASSWORD`], member of `member_of`, whose password PostgreSQL checks;
+/// returns its name once a wrong password is refused for it.
+pub async fn role_with_password(db: &TestDb, member_of: &str) -> String {
+    check_passwords(&db.pool).await;
+    let role = format!("ui_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    sqlx::query(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}' IN ROLE {member_of}, {CHECKED}"
+    ))
+    .execute(&db.pool)
+    .await
+    .expect("create the role");
+    let url = db.url();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let wrong = url.replacen(
+            "postgres://postgres@",
+            &format!("postgres://{role}:wrong@"),
+            1,
+        );
+        assert_ne!(
+            wrong, url,
+            "DATABASE_URL is postgres://postgres@HOST:PORT/..."
+        );
+        match sqlx::PgConnection::connect(&wrong).await {
+            Err(error)
+                if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("28P01") =>
+            {
+                break
+            }
+            _ => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "PostgreSQL never started checking {role}'s password"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    role
+}

@@ -22,13 +22,12 @@ use std::time::{Duration, Instant};
 use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
-use base64::Engine as _;
 use serde::Deserialize;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use super::html::{self, esc, Section};
 use super::{Web, WebError};
+use crate::callers::{connect_as, SignInError};
 
 /// The session cookie's name.
 const COOKIE: &str = "eventstore_session";
@@ -219,52 +218,32 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, We
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let bad = || WebError::Unauthorized("the Authorization header is not Basic credentials".into());
-    let value = value.to_str().map_err(|_| bad())?;
-    let (scheme, encoded) = value.split_once(' ').ok_or_else(bad)?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(bad());
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .map_err(|_| bad())?;
-    let text = String::from_utf8(decoded).map_err(|_| bad())?;
-    let (role, password) = text.split_once(':').ok_or_else(bad)?;
-    Ok(Some((role.to_owned(), password.to_owned())))
+    value
+        .to_str()
+        .ok()
+        .and_then(crate::callers::basic_credentials)
+        .map(Some)
+        .ok_or_else(|| {
+            WebError::Unauthorized("the Authorization header is not Basic credentials".into())
+        })
 }
 
 /// Connects as `role` with `password` to the store's database: PostgreSQL checks them.
 async fn sign_in(web: &Web, role: &str, password: &str) -> Result<(PgPool, bool), WebError> {
-    if role.is_empty() {
-        return Err(WebError::Unauthorized("a role name is needed".to_owned()));
-    }
-    let options = (*web.store.pool().connect_options())
-        .clone()
-        .username(role)
-        .password(password)
-        .application_name("eventstore serve: signed-in role");
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .min_connections(0)
-        .idle_timeout(Duration::from_secs(60))
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
-        .map_err(|error| {
-            let code = error
-                .as_database_error()
-                .and_then(|e| e.code())
-                .map(|c| c.into_owned());
-            match code.as_deref() {
-                // invalid_password, invalid_authorization_specification, and a role that
-                // may not log in: the same answer for each, so that it tells nothing.
-                Some("28P01" | "28000") => WebError::Unauthorized(
-                    "sign-in failed: wrong role name or password, or the role may not log in"
-                        .to_owned(),
-                ),
-                _ => WebError::from(error),
-            }
-        })?;
+    let pool = connect_as(
+        &web.store,
+        role,
+        password,
+        "eventstore serve: signed-in role",
+        2,
+    )
+    .await
+    .map_err(|error| match error {
+        SignInError::Refused => WebError::Unauthorized(
+            "sign-in failed: wrong role name or password, or the role may not log in".to_owned(),
+        ),
+        SignInError::Database(error) => WebError::from(error),
+    })?;
     let is_admin: Option<bool> = sqlx::query_scalar(IS_ADMIN_SQL).fetch_one(&pool).await?;
     Ok((pool, is_admin.unwrap_or(false)))
 }
