@@ -623,14 +623,7 @@ async fn a_stream_subscription_starts_after_its_revision_and_follows_the_stream(
 /// too (the server's own migration set).
 async fn serve_migrated() -> (TestDb, Served, Client) {
     let (db, served, client) = serve().await;
-    let status = tokio::process::Command::new(pg_eventstore_tests::eventstore_bin())
-        .arg("migrate")
-        .env("DATABASE_URL", db.url())
-        .stdout(std::process::Stdio::null())
-        .status()
-        .await
-        .expect("eventstore migrate runs");
-    assert!(status.success(), "eventstore migrate failed: {status}");
+    pg_eventstore_tests::eventstore_migrate(&db.url()).await;
     (db, served, client)
 }
 

@@ -25,14 +25,7 @@ const SCREENSHOTS: &str = "target/test-output/browser";
 
 async fn serve_migrated() -> (TestDb, Served) {
     let db = TestDb::new(4).await;
-    let status = tokio::process::Command::new(eventstore_bin())
-        .arg("migrate")
-        .env("DATABASE_URL", db.url())
-        .stdout(std::process::Stdio::null())
-        .status()
-        .await
-        .expect("eventstore migrate runs");
-    assert!(status.success(), "eventstore migrate failed: {status}");
+    pg_eventstore_tests::eventstore_migrate(&db.url()).await;
     let served = Served::start(&db.url()).await;
     (db, served)
 }
@@ -1000,5 +993,35 @@ async fn a_browser_browses_the_store_follows_the_live_log_and_replays_as_admin()
         .execute(&db.pool)
         .await
         .unwrap();
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn without_the_ui_metrics_and_health_stay_and_grpc_goes_on() {
+    let db = TestDb::new(4).await;
+    let served = Served::start_with(&db.url(), &["--no-ui"]).await;
+    let base = served.http_url();
+    for path in ["/ui", "/ui/streams", "/ui/log/live", "/"] {
+        assert_eq!(get(&format!("{base}{path}")).await.0, 404, "{path}");
+    }
+    assert_eq!(get(&format!("{base}/health")).await.0, 200);
+    assert_eq!(get(&format!("{base}/metrics")).await.0, 200);
+    let client = kurrentdb::Client::new(served.esdb_url.parse().unwrap()).unwrap();
+    client
+        .append_to_stream(
+            "order-1",
+            &Default::default(),
+            kurrentdb::EventData::json("order-placed", &json!({"total": 1}))
+                .unwrap()
+                .id(Uuid::new_v4()),
+        )
+        .await
+        .expect("gRPC beside HTTP");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM eventstore.events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+    served.stop().await;
     db.drop_database().await;
 }

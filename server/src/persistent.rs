@@ -43,13 +43,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use pg_eventstore_client::{Error, EventStore, GroupEvent, ReadStreamOptions, RecordedEvent};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
@@ -1059,17 +1058,9 @@ impl PersistentSubscriptions for Service {
         let stopped = self.stopped.clone();
         let restarts = self.restarts.subscribe();
         tokio::spawn(consumer.run(incoming, tx, stopped, restarts));
-        let metrics = self.metrics.clone();
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).inspect(
-            move |message| {
-                if let Ok(ReadResp {
-                    content: Some(Content::Event(_)),
-                }) = message
-                {
-                    metrics.served_events(1);
-                }
-            },
-        ))))
+        Ok(Response::new(self.metrics.counted(rx, |message| {
+            matches!(message.content, Some(Content::Event(_)))
+        })))
     }
 
     async fn get_info(

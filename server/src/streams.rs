@@ -12,7 +12,6 @@ use pg_eventstore_client::{
 };
 use regex::Regex;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::callers::Callers;
@@ -102,17 +101,9 @@ impl Streams for Service {
                 let _ = tx.send(Err(status)).await;
             }
         });
-        let metrics = self.metrics.clone();
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).inspect(
-            move |message| {
-                if let Ok(ReadResp {
-                    content: Some(Content::Event(_)),
-                }) = message
-                {
-                    metrics.served_events(1);
-                }
-            },
-        ))))
+        Ok(Response::new(self.metrics.counted(rx, |message| {
+            matches!(message.content, Some(Content::Event(_)))
+        })))
     }
 
     async fn append(

@@ -625,6 +625,19 @@ pub async fn catalog(pool: &PgPool) -> std::collections::BTreeSet<String> {
     lines
 }
 
+/// Runs `eventstore migrate` on the database at `url`: the store's, the shop's and the
+/// server's migration sets.
+pub async fn eventstore_migrate(url: &str) {
+    let status = tokio::process::Command::new(eventstore_bin())
+        .arg("migrate")
+        .env("DATABASE_URL", url)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .expect("eventstore migrate runs");
+    assert!(status.success(), "eventstore migrate failed: {status}");
+}
+
 /// `eventstore serve` on a free loopback port of its own, for the database at `url`; killed
 /// when dropped unless stopped first.
 pub struct Served {

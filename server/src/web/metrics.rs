@@ -104,6 +104,24 @@ impl Metrics {
         *requests.counts.entry((key.0, key.1, code)).or_insert(0) += 1;
     }
 
+    /// `messages` as a call's response stream, counting the events among them (`is_event`)
+    /// as they are handed to the transport.
+    pub(crate) fn counted<T: Send + 'static>(
+        self: &Arc<Self>,
+        messages: tokio::sync::mpsc::Receiver<Result<T, tonic::Status>>,
+        is_event: fn(&T) -> bool,
+    ) -> Pin<Box<dyn futures_util::Stream<Item = Result<T, tonic::Status>> + Send>> {
+        let metrics = self.clone();
+        Box::pin(futures_util::StreamExt::inspect(
+            tokio_stream::wrappers::ReceiverStream::new(messages),
+            move |message| {
+                if message.as_ref().is_ok_and(is_event) {
+                    metrics.served_events(1);
+                }
+            },
+        ))
+    }
+
     /// Samples the store's append and read counters every few seconds, for the dashboard's
     /// rates, until the task is dropped.
     pub async fn sample(self: Arc<Self>, store: EventStore) {

@@ -111,6 +111,13 @@ pub(crate) async fn dashboard(State(web): State<Arc<Web>>, headers: HeaderMap) -
 // ----------------------------------------------------------------------------------------
 // Stream browser
 
+/// Streams (`e`, their first event) with their last event (`l`); the caller adds which.
+const FIRST_AND_LAST: &str =
+    "SELECT e.stream, e.recorded_at AS created_at, l.version, l.type, l.recorded_at \
+     FROM eventstore.events AS e \
+     CROSS JOIN LATERAL (SELECT x.version, x.type, x.recorded_at FROM eventstore.events AS x \
+                         WHERE x.stream = e.stream ORDER BY x.version DESC LIMIT 1) AS l";
+
 #[derive(Deserialize)]
 pub(crate) struct StreamsQuery {
     prefix: Option<String>,
@@ -136,27 +143,19 @@ pub(crate) async fn streams(
     // Each query reads an index: the stream-version key from the prefix on, the category
     // index backwards, the primary key backwards.
     let (title, rows) = if !prefix.is_empty() {
-        let rows = sqlx::query(
-            "SELECT e.stream, e.recorded_at AS created_at, l.version, l.type, l.recorded_at \
-             FROM eventstore.events AS e \
-             CROSS JOIN LATERAL (SELECT x.version, x.type, x.recorded_at FROM eventstore.events AS x \
-                                 WHERE x.stream = e.stream ORDER BY x.version DESC LIMIT 1) AS l \
-             WHERE e.version = 0 AND e.stream >= $1 AND starts_with(e.stream, $1) \
-             ORDER BY e.stream LIMIT 100",
-        )
+        let rows = sqlx::query(&format!(
+            "{FIRST_AND_LAST} WHERE e.version = 0 AND e.stream >= $1 \
+             AND starts_with(e.stream, $1) ORDER BY e.stream LIMIT 100"
+        ))
         .bind(&prefix)
         .fetch_all(web.store.pool())
         .await?;
         (format!("Streams starting with “{}”", esc(&prefix)), rows)
     } else if !category.is_empty() {
-        let rows = sqlx::query(
-            "SELECT e.stream, e.recorded_at AS created_at, l.version, l.type, l.recorded_at \
-             FROM eventstore.events AS e \
-             CROSS JOIN LATERAL (SELECT x.version, x.type, x.recorded_at FROM eventstore.events AS x \
-                                 WHERE x.stream = e.stream ORDER BY x.version DESC LIMIT 1) AS l \
-             WHERE split_part(e.stream, '-', 1) = $1 AND e.version = 0 \
-             ORDER BY e.position DESC LIMIT 100",
-        )
+        let rows = sqlx::query(&format!(
+            "{FIRST_AND_LAST} WHERE split_part(e.stream, '-', 1) = $1 AND e.version = 0 \
+             ORDER BY e.position DESC LIMIT 100"
+        ))
         .bind(&category)
         .fetch_all(web.store.pool())
         .await?;
