@@ -444,8 +444,7 @@ async fn metrics_text(web: &Web) -> Result<String, pg_eventstore_client::Error> 
     let health = store.health().await?;
     let (appended, read_rows) = table_counters(store).await?;
     let groups = store.groups().await?;
-    let known: Vec<&dyn projection::Projection> = web.projections.iter().map(|p| &**p).collect();
-    let projections = projection::status(store, &known).await?;
+    let projections = web.projection_status().await?;
     let mut out = String::new();
 
     for (name, help, value) in [

@@ -97,6 +97,23 @@ pub(crate) fn router(web: Arc<Web>, ui: bool) -> Router {
         .with_state(web)
 }
 
+impl Web {
+    /// Every projection with a checkpoint, the projections of this program with their
+    /// event types; none where the checkpoints' table was never created (a store installed
+    /// without `eventstore migrate`).
+    pub(crate) async fn projection_status(
+        &self,
+    ) -> pg_eventstore_client::Result<Vec<pg_eventstore_client::projection::ProjectionStats>> {
+        let known: Vec<&dyn Projection> = self.projections.iter().map(|p| &**p).collect();
+        match pg_eventstore_client::projection::status(&self.store, &known).await {
+            Err(error) if matches!(error.sqlstate().as_deref(), Some("42P01" | "3F000")) => {
+                Ok(Vec::new())
+            }
+            other => other,
+        }
+    }
+}
+
 async fn health(State(web): State<Arc<Web>>) -> Response {
     let answered = tokio::time::timeout(
         std::time::Duration::from_secs(5),

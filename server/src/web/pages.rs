@@ -963,8 +963,7 @@ fn projection_row(
 
 pub(crate) async fn projections(State(web): State<Arc<Web>>, headers: HeaderMap) -> PageResult {
     let viewer = auth::reader(&web, &headers)?;
-    let known: Vec<&dyn projection::Projection> = web.projections.iter().map(|p| &**p).collect();
-    let stats = projection::status(&web.store, &known).await?;
+    let stats = web.projection_status().await?;
     let rebuilds = web.rebuilds.lock().expect("rebuilds lock").clone();
     let csrf = viewer.csrf();
     let rows: Vec<Vec<String>> = stats
