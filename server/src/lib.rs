@@ -148,7 +148,8 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `options.listen`, refusing a non-loopback address unless `options.insecure`.
+    /// Binds `options.listen`, refusing a non-loopback address without TLS unless
+    /// `options.insecure`.
     pub async fn bind(options: &ServeOptions) -> Result<Self, ServeError> {
         // Over TLS every call is authenticated; over cleartext none is.
         if !options.listen.ip().is_loopback() && !options.insecure && options.tls.is_none() {
