@@ -716,6 +716,28 @@ async fn wait_for_text(browser: &Browser, css: &str, text: &str) -> String {
     }
 }
 
+/// Clicks the first element matching `css`.
+async fn click(browser: &Browser, css: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|error| panic!("no {css} to click: {error}"))
+        .click()
+        .await
+        .unwrap_or_else(|error| panic!("clicking {css}: {error}"));
+}
+
+/// Types `text` into the first element matching `css`.
+async fn type_into(browser: &Browser, css: &str, text: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|error| panic!("no {css} to type into: {error}"))
+        .send_keys(text)
+        .await
+        .unwrap_or_else(|error| panic!("typing into {css}: {error}"));
+}
+
 async fn screenshot(browser: &Browser, name: &str) {
     let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
@@ -769,20 +791,8 @@ async fn a_browser_browses_the_store_follows_the_live_log_and_replays_as_admin()
     // Search a prefix, open a stream of the workload, see its events with their data.
     browser.goto(&format!("{base}/ui/streams")).await.unwrap();
     screenshot(&browser, "streams").await;
-    browser
-        .find(Locator::Css("#prefix"))
-        .await
-        .unwrap()
-        .send_keys("user-")
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Css("#search"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&browser, "#prefix", "user-").await;
+    click(&browser, "#search").await;
     let listed = wait_for_text(&browser, "h2", "Streams starting with").await;
     assert!(listed.contains("user-"));
     let links = browser
@@ -826,13 +836,7 @@ async fn a_browser_browses_the_store_follows_the_live_log_and_replays_as_admin()
 
     // The live log: a hostile event appended now appears, as text.
     browser.goto(&format!("{base}/ui/log")).await.unwrap();
-    browser
-        .find(Locator::Css("#live"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#live").await;
     wait_for_text(&browser, "#live-status", "live: 0 new").await;
     let hostile = format!("hostile-{}", Uuid::new_v4().simple());
     append(
@@ -887,13 +891,7 @@ async fn a_browser_browses_the_store_follows_the_live_log_and_replays_as_admin()
         .unwrap();
     wait_for_text(&browser, "#parked", "the card processor refused it").await;
     screenshot(&browser, "group").await;
-    browser
-        .find(Locator::Css("#parked button.replay"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#parked button.replay").await;
     wait_for_text(
         &browser,
         "#error",
@@ -911,37 +909,13 @@ async fn a_browser_browses_the_store_follows_the_live_log_and_replays_as_admin()
         .goto(&format!("{base}/ui/login?next=/ui/group?name=billing"))
         .await
         .unwrap();
-    browser
-        .find(Locator::Css("#role"))
-        .await
-        .unwrap()
-        .send_keys(&admin)
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Css("#password"))
-        .await
-        .unwrap()
-        .send_keys(PASSWORD)
-        .await
-        .unwrap();
+    type_into(&browser, "#role", &admin).await;
+    type_into(&browser, "#password", PASSWORD).await;
     screenshot(&browser, "sign-in").await;
-    browser
-        .find(Locator::Css("#sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#sign-in").await;
     wait_for_text(&browser, "header .who", &admin).await;
     wait_for_text(&browser, "#parked", &parked_at.to_string()).await;
-    browser
-        .find(Locator::Css("#parked button.replay"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#parked button.replay").await;
     wait_for_text(&browser, "#notice", "replayed 1 parked event(s)").await;
     assert_eq!(parked_count(&db.pool, "billing").await, 0, "replayed");
     screenshot(&browser, "replayed").await;
@@ -958,13 +932,7 @@ async fn a_browser_browses_the_store_follows_the_live_log_and_replays_as_admin()
         .await
         .unwrap();
     wait_for_text(&browser, "#projections", "shop").await;
-    browser
-        .find(Locator::Css("#projections button.rebuild"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#projections button.rebuild").await;
     let shop_events: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM eventstore.events WHERE type = ANY(ARRAY['user-created','user-renamed','user-deactivated','order-placed','order-paid','order-shipped','order-cancelled'])",
     )

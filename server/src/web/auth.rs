@@ -171,6 +171,17 @@ fn same_origin(headers: &HeaderMap, uri: &Uri) -> bool {
     }
 }
 
+/// 403 for a state-changing request that [`same_origin`] says comes from another site.
+fn refuse_cross_site(headers: &HeaderMap, uri: &Uri) -> Result<(), WebError> {
+    if same_origin(headers, uri) {
+        Ok(())
+    } else {
+        Err(WebError::Forbidden(
+            "a request from another site was refused".to_owned(),
+        ))
+    }
+}
+
 /// The admin behind a state-changing request, or why there is none.
 pub(crate) async fn admin(
     web: &Web,
@@ -178,11 +189,7 @@ pub(crate) async fn admin(
     uri: &Uri,
     csrf: &str,
 ) -> Result<Actor, WebError> {
-    if !same_origin(headers, uri) {
-        return Err(WebError::Forbidden(
-            "a request from another site was refused".to_owned(),
-        ));
-    }
+    refuse_cross_site(headers, uri)?;
     if let Some(session) = cookie(headers).and_then(|token| web.sessions.get(token)) {
         if csrf != session.csrf {
             return Err(WebError::Forbidden(
@@ -305,11 +312,7 @@ pub(crate) async fn login(
     uri: Uri,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, WebError> {
-    if !same_origin(&headers, &uri) {
-        return Err(WebError::Forbidden(
-            "a request from another site was refused".to_owned(),
-        ));
-    }
+    refuse_cross_site(&headers, &uri)?;
     let next = next_page(form.next.as_deref()).to_owned();
     let (pool, admin) = match sign_in(&web, &form.role, &form.password).await {
         Ok(signed_in) => signed_in,
@@ -351,20 +354,17 @@ pub(crate) async fn logout(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, WebError> {
-    if !same_origin(&headers, &uri) {
-        return Err(WebError::Forbidden(
-            "a request from another site was refused".to_owned(),
-        ));
-    }
+    refuse_cross_site(&headers, &uri)?;
     if let Some(session) = cookie(&headers).and_then(|token| web.sessions.remove(token)) {
         session.pool.close().await;
     }
     let mut response = Redirect::to("/ui").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static(
-            "eventstore_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
-        ),
+        HeaderValue::from_str(&format!(
+            "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+        ))
+        .expect("an ASCII cookie"),
     );
     Ok(response)
 }

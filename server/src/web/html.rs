@@ -42,6 +42,14 @@ pub fn stream_link(stream: &str) -> String {
     link(&format!("/ui/stream?name={}", query(stream)), stream)
 }
 
+/// The address of a stream's page that starts at `version`, scrolled to it.
+pub fn in_stream_href(stream: &str, version: u64) -> String {
+    format!(
+        "/ui/stream?name={}&dir=backwards&from={version}#v{version}",
+        query(stream)
+    )
+}
+
 /// A link to an event's page.
 pub fn event_link(id: &str, text: &str) -> String {
     link(&format!("/ui/event?id={}", query(id)), text)

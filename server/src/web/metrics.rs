@@ -309,7 +309,8 @@ pub(crate) async fn track(
     )
 }
 
-fn is_grpc(headers: &HeaderMap) -> bool {
+/// Whether a request or response is gRPC's (by its content type).
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))

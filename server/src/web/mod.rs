@@ -164,10 +164,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// What answers a path no route has: UNIMPLEMENTED for a gRPC call (an unknown service),
 /// a 404 page otherwise.
 pub(crate) async fn fallback(headers: axum::http::HeaderMap) -> Response {
-    let grpc = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
-    if grpc {
+    if metrics::is_grpc(&headers) {
         tonic::Status::unimplemented("this server has no such service")
             .into_http::<axum::body::Body>()
     } else {
@@ -175,15 +172,10 @@ pub(crate) async fn fallback(headers: axum::http::HeaderMap) -> Response {
     }
 }
 
-/// Headers on every HTTP answer: no inline script, no outside resource, no framing.
+/// Headers on every answer of these routes (gRPC's are not among them): no inline script,
+/// no outside resource, no framing.
 async fn security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
-    if headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
-    {
-        return response;
-    }
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(

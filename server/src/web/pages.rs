@@ -10,7 +10,7 @@ use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
-use futures_util::{Stream, StreamExt};
+use futures_util::{StreamExt, TryStreamExt};
 use pg_eventstore_client::projection::{self, ProjectionStats};
 use pg_eventstore_client::{
     EventStore, GroupInfo, ReadAllOptions, ReadStreamOptions, RecordedEvent, SubscriptionOptions,
@@ -55,16 +55,6 @@ fn list(field: Option<&str>) -> Option<Vec<String>> {
         .map(str::to_owned)
         .collect();
     (!items.is_empty()).then_some(items)
-}
-
-async fn collect(
-    mut events: impl Stream<Item = pg_eventstore_client::Result<RecordedEvent>> + Unpin,
-) -> Result<Vec<RecordedEvent>, WebError> {
-    let mut out = Vec::new();
-    while let Some(event) = events.next().await {
-        out.push(event?);
-    }
-    Ok(out)
 }
 
 // ----------------------------------------------------------------------------------------
@@ -247,7 +237,11 @@ pub(crate) async fn stream(
     let options = options
         .limit(count)
         .page_size(u32::try_from(count).unwrap_or(500));
-    let mut events = collect(web.store.read_stream(&q.name, options)).await?;
+    let mut events: Vec<RecordedEvent> = web
+        .store
+        .read_stream(&q.name, options)
+        .try_collect()
+        .await?;
     web.metrics.served_events(events.len());
     if forwards {
         events.reverse();
@@ -387,12 +381,7 @@ pub(crate) async fn event(
     let mut body = format!(
         "<nav class=\"pager\">{}</nav>",
         html::link(
-            &format!(
-                "/ui/stream?name={}&dir=backwards&from={}#v{}",
-                query(&event.stream),
-                event.version,
-                event.version
-            ),
+            &html::in_stream_href(&event.stream, event.version),
             "This event in its stream"
         )
     );
@@ -479,12 +468,7 @@ fn log_row(event: &RecordedEvent) -> Vec<String> {
         event.position.to_string(),
         html::stream_link(&event.stream),
         html::link(
-            &format!(
-                "/ui/stream?name={}&dir=backwards&from={}#v{}",
-                query(&event.stream),
-                event.version,
-                event.version
-            ),
+            &html::in_stream_href(&event.stream, event.version),
             &event.version.to_string(),
         ),
         esc(&event.event_type),
@@ -515,11 +499,20 @@ pub(crate) async fn log(
     let head = web.store.head_position().await?;
     let mut events = match q.after {
         Some(after) => {
-            let mut events = collect(web.store.read_all(options.after(after))).await?;
+            let mut events: Vec<RecordedEvent> = web
+                .store
+                .read_all(options.after(after))
+                .try_collect()
+                .await?;
             events.reverse();
             events
         }
-        None => collect(web.store.read_all(options.backwards(q.before))).await?,
+        None => {
+            web.store
+                .read_all(options.backwards(q.before))
+                .try_collect()
+                .await?
+        }
     };
     events.truncate(usize::try_from(count).unwrap_or(usize::MAX));
     web.metrics.served_events(events.len());
