@@ -279,7 +279,7 @@ pub struct RebuildArgs {
     /// The projection.
     projection: String,
     /// Events applied per transaction.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = projection::REBUILD_BATCH_SIZE)]
     batch_size: u32,
     /// Ask nothing: the tables are emptied at once.
     #[arg(long, short)]

@@ -24,7 +24,7 @@ use sqlx::{PgConnection, Row};
 use crate::error::sqlx_is_transient;
 use crate::{Error, RecordedEvent, Result};
 
-pub use rebuild::{rebuild, replay, Progress, ReplayReport, ReplayUntil};
+pub use rebuild::{rebuild, replay, Progress, ReplayReport, ReplayUntil, REBUILD_BATCH_SIZE};
 pub use runner::{Daemon, DaemonOptions};
 pub use status::{status, ProjectionStats};
 

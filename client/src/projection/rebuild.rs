@@ -23,6 +23,10 @@ pub struct Progress {
     pub position: u64,
 }
 
+/// Events a rebuild applies per transaction unless told otherwise (`eventstore rebuild
+/// --batch-size`, and the stream browser's Rebuild button).
+pub const REBUILD_BATCH_SIZE: u32 = 5_000;
+
 /// How often a rebuild that a daemon carries out looks at its checkpoint.
 const WATCH_EVERY: Duration = Duration::from_millis(200);
 

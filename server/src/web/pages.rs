@@ -1050,16 +1050,21 @@ pub(crate) async fn rebuild(
     tokio::spawn(async move {
         let name = form.name;
         let by = actor.role;
-        let result = projection::rebuild(&web.store, &*projection, 1_000, |progress| {
-            web.rebuilds.lock().expect("rebuilds lock").insert(
-                name.clone(),
-                Rebuild::Running {
-                    by: by.clone(),
-                    done: progress.done,
-                    total: progress.total,
-                },
-            );
-        })
+        let result = projection::rebuild(
+            &web.store,
+            &*projection,
+            projection::REBUILD_BATCH_SIZE,
+            |progress| {
+                web.rebuilds.lock().expect("rebuilds lock").insert(
+                    name.clone(),
+                    Rebuild::Running {
+                        by: by.clone(),
+                        done: progress.done,
+                        total: progress.total,
+                    },
+                );
+            },
+        )
         .await;
         let state = match result {
             Ok(events) => Rebuild::Done { by, events },
