@@ -215,7 +215,10 @@ impl Listener {
             self.tls,
             stopped,
         );
-        let sampler = tokio::spawn(metrics.clone().sample(store.clone()));
+        // The rates only the dashboard draws.
+        let sampler = self
+            .ui
+            .then(|| tokio::spawn(metrics.clone().sample(store.clone())));
         let incoming = futures_util::StreamExt::map(
             tokio_stream::wrappers::TcpListenerStream::new(self.listener),
             |accepted| accepted.and_then(connection::Connection::accept),
@@ -260,7 +263,9 @@ impl Listener {
             .add_routes(tonic::service::Routes::from(router))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
-        sampler.abort();
+        if let Some(sampler) = sampler {
+            sampler.abort();
+        }
         served?;
         Ok(())
     }
