@@ -132,8 +132,21 @@ impl Reader {
     }
 }
 
+/// A page's handler takes its viewer as an argument; the page is refused (401) to a
+/// viewer who may not read it.
+impl axum::extract::FromRequestParts<Arc<Web>> for Reader {
+    type Rejection = WebError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        web: &Arc<Web>,
+    ) -> Result<Self, Self::Rejection> {
+        reader(web, &parts.headers)
+    }
+}
+
 /// Who views a read-only page: anyone on loopback, a signed-in role elsewhere.
-pub(crate) fn reader(web: &Web, headers: &HeaderMap) -> Result<Reader, WebError> {
+fn reader(web: &Web, headers: &HeaderMap) -> Result<Reader, WebError> {
     let session = cookie(headers).and_then(|token| web.sessions.get(token));
     if session.is_none() && !web.open_reads {
         return Err(WebError::Unauthorized(

@@ -21,7 +21,7 @@ use serde_json::Value;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::auth::{self, Actor};
+use super::auth::{self, Actor, Reader};
 use super::html::{self, esc, query, Section};
 use super::{Web, WebError};
 use crate::codec;
@@ -60,8 +60,7 @@ fn list(field: Option<&str>) -> Option<Vec<String>> {
 // ----------------------------------------------------------------------------------------
 // Dashboard
 
-pub(crate) async fn dashboard(State(web): State<Arc<Web>>, headers: HeaderMap) -> PageResult {
-    let viewer = auth::reader(&web, &headers)?;
+pub(crate) async fn dashboard(State(web): State<Arc<Web>>, viewer: Reader) -> PageResult {
     let health = web.store.health().await?;
     let mut body = String::from("<div data-refresh=\"5\"></div>");
     let oldest = match &health.oldest_transaction {
@@ -116,10 +115,9 @@ pub(crate) struct StreamsQuery {
 
 pub(crate) async fn streams(
     State(web): State<Arc<Web>>,
-    headers: HeaderMap,
+    viewer: Reader,
     Query(q): Query<StreamsQuery>,
 ) -> PageResult {
-    let viewer = auth::reader(&web, &headers)?;
     let prefix = q.prefix.unwrap_or_default();
     let category = q.category.unwrap_or_default();
     let mut body = format!(
@@ -209,10 +207,9 @@ pub(crate) struct StreamQuery {
 
 pub(crate) async fn stream(
     State(web): State<Arc<Web>>,
-    headers: HeaderMap,
+    viewer: Reader,
     Query(q): Query<StreamQuery>,
 ) -> PageResult {
-    let viewer = auth::reader(&web, &headers)?;
     let count = page_size(q.count)?;
     let Some(last) = web.store.stream_version(&q.name).await? else {
         return Err(WebError::NotFound(format!(
@@ -364,10 +361,9 @@ const EVENT_COLUMNS: &str = "position, stream, version, type, data, metadata, id
 
 pub(crate) async fn event(
     State(web): State<Arc<Web>>,
-    headers: HeaderMap,
+    viewer: Reader,
     Query(q): Query<IdQuery>,
 ) -> PageResult {
-    let viewer = auth::reader(&web, &headers)?;
     let id = parse_id(&q.id)?;
     let row = sqlx::query(&format!(
         "SELECT {EVENT_COLUMNS} FROM eventstore.events WHERE id = $1"
@@ -399,10 +395,9 @@ pub(crate) async fn event(
 /// at 500 events.
 pub(crate) async fn correlation(
     State(web): State<Arc<Web>>,
-    headers: HeaderMap,
+    viewer: Reader,
     Query(q): Query<IdQuery>,
 ) -> PageResult {
-    let viewer = auth::reader(&web, &headers)?;
     let id = parse_id(&q.id)?;
     let rows = sqlx::query(&format!(
         "SELECT {EVENT_COLUMNS} FROM eventstore.events \
@@ -480,10 +475,9 @@ fn log_row(event: &RecordedEvent) -> Vec<String> {
 
 pub(crate) async fn log(
     State(web): State<Arc<Web>>,
-    headers: HeaderMap,
+    viewer: Reader,
     Query(q): Query<LogQuery>,
 ) -> PageResult {
-    let viewer = auth::reader(&web, &headers)?;
     let count = page_size(q.count)?;
     let types = list(q.event_type.as_deref());
     let categories = list(q.category.as_deref());
@@ -587,10 +581,10 @@ pub(crate) struct LiveQuery {
 /// the store's wake-ups, and ends when the server stops or the browser goes away.
 pub(crate) async fn live(
     State(web): State<Arc<Web>>,
+    _viewer: Reader,
     headers: HeaderMap,
     Query(q): Query<LiveQuery>,
 ) -> PageResult {
-    auth::reader(&web, &headers)?;
     // EventSource resumes with the last id it saw.
     let resumed = headers
         .get("last-event-id")
@@ -708,8 +702,7 @@ const GROUP_COLUMNS: [&str; 9] = [
     "Options",
 ];
 
-pub(crate) async fn groups(State(web): State<Arc<Web>>, headers: HeaderMap) -> PageResult {
-    let viewer = auth::reader(&web, &headers)?;
+pub(crate) async fn groups(State(web): State<Arc<Web>>, viewer: Reader) -> PageResult {
     let groups = web.store.groups().await?;
     let rows: Vec<Vec<String>> = groups.iter().map(group_row).collect();
     let body = format!(
@@ -751,10 +744,9 @@ fn action_form(
 
 pub(crate) async fn group(
     State(web): State<Arc<Web>>,
-    headers: HeaderMap,
+    viewer: Reader,
     Query(q): Query<GroupQuery>,
 ) -> PageResult {
-    let viewer = auth::reader(&web, &headers)?;
     let info = web
         .store
         .groups()
@@ -954,8 +946,7 @@ fn projection_row(
     ]
 }
 
-pub(crate) async fn projections(State(web): State<Arc<Web>>, headers: HeaderMap) -> PageResult {
-    let viewer = auth::reader(&web, &headers)?;
+pub(crate) async fn projections(State(web): State<Arc<Web>>, viewer: Reader) -> PageResult {
     let stats = web.projection_status().await?;
     let rebuilds = web.rebuilds.lock().expect("rebuilds lock").clone();
     let csrf = viewer.csrf();
