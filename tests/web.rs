@@ -993,3 +993,49 @@ async fn without_the_ui_metrics_and_health_stay_and_grpc_goes_on() {
     served.stop().await;
     db.drop_database().await;
 }
+
+/// A script may close its end of `serve`'s stdout once it has read what it waited for (the
+/// benchmark did, after the first line): the server must go on serving. Here stdout is a
+/// pipe closed before the server starts, so that each line it prints meets a broken pipe.
+#[tokio::test]
+async fn a_server_whose_stdout_is_closed_goes_on_serving() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let db = TestDb::new(2).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe(2) fills the two descriptors of a new pipe into `fds`.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors are open and owned by nothing else: dropping the read end
+    // closes it, and the write end becomes the server's stdout.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    let mut child = tokio::process::Command::new(eventstore_bin())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", db.url())
+        .stdout(std::process::Stdio::from(write))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("eventstore serve starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = http().get(format!("{base}/health")).send().await {
+            assert_eq!(response.status().as_u16(), 200, "/health");
+            break;
+        }
+        assert!(
+            child.try_wait().expect("the server's status").is_none(),
+            "eventstore serve exited when its stdout was closed"
+        );
+        assert!(started.elapsed() < PATIENCE, "the server never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, page) = get(&format!("{base}/ui")).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(child.try_wait().unwrap().is_none(), "still serving");
+    child.kill().await.unwrap();
+    db.drop_database().await;
+}

@@ -479,6 +479,9 @@ impl App {
             print!("{}", pg_eventstore_client::portable::install_script()?);
             return Ok(());
         }
+        if command.is_daemon() {
+            outlive_stdout();
+        }
         let store = self.connect(global).await?;
         match command {
             Command::Run(args) => self.daemon(store, args).await,
@@ -731,9 +734,12 @@ async fn serve(
         .ui_url()
         .map_err(|error| CliError::Usage(format!("cannot read the listening address: {error}")))?;
     // Scripts wait for this line, the first, to know the port is open.
-    println!("serving esdb://{address}?tls={}", listener.is_tls());
+    announce(format_args!(
+        "serving esdb://{address}?tls={}",
+        listener.is_tls()
+    ));
     if let Some(ui) = &ui {
-        println!("stream browser at {ui}");
+        announce(format_args!("stream browser at {ui}"));
     }
     tracing::info!(%address, "serving gRPC and HTTP; SIGINT or SIGTERM stops it");
     let outcome = listener.serve(store, projections, shutdown_signal()).await;
@@ -741,6 +747,31 @@ async fn serve(
         notifier.abort();
     }
     Ok(outcome?)
+}
+
+/// Lets a daemon outlive the reader of its stdout. [`run_command`] lets a broken pipe end a
+/// command, as it ends any Unix tool; a daemon instead ignores SIGPIPE, so that a write to a
+/// closed pipe or socket fails with `EPIPE` where it is made and the daemon goes on.
+fn outlive_stdout() {
+    // SAFETY: sigaction(2) through signal(3), setting a disposition, no handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// Writes a line of `serve`'s announcement to stdout. A script that read the line it waited
+/// for may close its end of the pipe: the server goes on serving (`println!` would panic on
+/// the broken pipe and stop it).
+fn announce(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .and_then(|()| stdout.flush());
+    if let Err(error) = written {
+        tracing::warn!(%error, "cannot write to stdout; serving on");
+    }
 }
 
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
@@ -1020,14 +1051,19 @@ impl Command {
     /// The log level a subcommand prints at by default: `info` for the daemon, `warn` for
     /// the others.
     pub fn default_log_level(&self) -> &'static str {
-        if matches!(
-            self,
-            Command::Run(_) | Command::Notify(_) | Command::Serve(_)
-        ) {
+        if self.is_daemon() {
             "info"
         } else {
             "warn"
         }
+    }
+
+    /// Whether it runs until it is stopped: `run`, `notify` and `serve`.
+    pub fn is_daemon(&self) -> bool {
+        matches!(
+            self,
+            Command::Run(_) | Command::Notify(_) | Command::Serve(_)
+        )
     }
 }
 
