@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 
-use pgrx::datum::FromDatum;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -85,11 +84,6 @@ struct Appended {
     first_position: i64,
     last_position: i64,
 }
-
-static EVENTS_BY_ID: Statement = Statement {
-    sql: c"SELECT id, stream, version, position FROM eventstore.events WHERE id = ANY ($1)",
-    arg_types: &[pg_sys::UUIDARRAYOID],
-};
 
 static INSERT_ONE: Statement = Statement {
     sql: c"INSERT INTO eventstore.events (position, stream, version, type, data, metadata, id) \
@@ -292,7 +286,7 @@ fn append(
                 ExpectedVersion::Any | ExpectedVersion::StreamExists
             ));
     if may_be_retry {
-        if let Some(stored) = already_stored(stream, batch, expected) {
+        if let Some(stored) = already_stored(&table, stream, batch, expected) {
             return Ok(stored);
         }
     }
@@ -327,31 +321,25 @@ fn append(
 /// If every event of `batch` is already stored, in this stream, at consecutive versions in
 /// the batch's order, and the expectation fits where they start, this is the retry of an
 /// append that succeeded: return what it returned. Any other stored id is a conflict (23505).
-fn already_stored(stream: &str, batch: &[NewEvent], expected: ExpectedVersion) -> Option<Appended> {
-    let ids: Vec<pgrx::datum::Uuid> = batch
-        .iter()
-        .filter(|event| event.id_supplied)
-        .map(|event| pgrx::datum::Uuid::from_bytes(*event.id.as_bytes()))
-        .collect();
-    let spi = Connection::open();
-    let rows = spi.execute(&EVENTS_BY_ID, &[ids.into_datum()]);
-    if rows.len() == 0 {
+fn already_stored(
+    table: &EventsTable,
+    stream: &str,
+    batch: &[NewEvent],
+    expected: ExpectedVersion,
+) -> Option<Appended> {
+    let found = table.by_id(
+        batch
+            .iter()
+            .filter(|event| event.id_supplied)
+            .map(NewEvent::id_datum),
+    );
+    if found.is_empty() {
         return None;
     }
-    let mut stored: HashMap<uuid::Uuid, (String, i64, i64)> = HashMap::with_capacity(rows.len());
-    for row in 0..rows.len() {
-        // SAFETY: the columns are uuid, text, int8 and int8, none NULL.
-        let (id, row_stream) = unsafe {
-            let id = pgrx::datum::Uuid::from_datum(rows.datum(row, 1).expect("NOT NULL"), false)
-                .expect("NOT NULL");
-            let row_stream =
-                String::from_datum(rows.datum(row, 2).expect("NOT NULL"), false).expect("NOT NULL");
-            (uuid::Uuid::from_bytes(*id.as_bytes()), row_stream)
-        };
-        let version = rows.i64(row, 3).expect("NOT NULL");
-        let position = rows.i64(row, 4).expect("NOT NULL");
-        stored.insert(id, (row_stream, version, position));
-    }
+    let stored: HashMap<uuid::Uuid, (String, i64, i64)> = found
+        .into_iter()
+        .map(|event| (event.id, (event.stream, event.version, event.position)))
+        .collect();
 
     let first = stored.get(&batch[0].id);
     if let Some((first_stream, first_version, first_position)) = first {
