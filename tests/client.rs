@@ -583,3 +583,47 @@ async fn the_clients_constants_agree_with_the_server() {
     drop(listener);
     db.drop_database().await;
 }
+
+/// The store's pool hands out a connection used within the last second without a ping, and
+/// pings one idle for longer: a connection whose server process ended meanwhile is replaced,
+/// and the call goes through.
+#[tokio::test]
+async fn a_connection_that_died_while_idle_is_replaced_before_use() {
+    let db = TestDb::new(4).await;
+    let store = EventStore::connect(&db.url()).await.unwrap();
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    // The pool pings a connection when it comes back, then keeps it idle.
+    pg_eventstore_tests::eventually(
+        pg_eventstore_tests::PATIENCE,
+        "the connection is back in the pool",
+        || async { store.pool().num_idle() == 1 },
+    )
+    .await;
+    assert_eq!(store.pool().size(), 1, "one connection");
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 60000)")
+        .bind(backend)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(ended, "the store's connection is gone");
+    // Longer than the pool trusts an idle connection without a ping.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let appended = store
+        .append(
+            "order-1",
+            ExpectedVersion::NoStream,
+            [event("order-placed", 1)],
+        )
+        .await
+        .expect("the dead connection is replaced, not used");
+    assert_eq!(appended.last_version, 0);
+    let now: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_ne!(now, backend, "a new server process");
+    db.drop_database().await;
+}

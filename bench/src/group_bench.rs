@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use pg_eventstore_client::{
     ConsumerOptions, EventData, EventStore, ExpectedVersion, GroupSettings, SubscriptionOptions,
 };
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -27,7 +27,7 @@ async fn database(admin: &PgPool, options: &PgConnectOptions) -> EventStore {
         .execute(admin)
         .await
         .expect("create the bench database");
-    let pool = PgPoolOptions::new()
+    let pool = pg_eventstore_client::pool_options()
         .max_connections(16)
         .connect_with(options.clone().database(DATABASE))
         .await

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Executor, PgConnection, PgPool};
 
 /// Streams the random writers pick from, all in category `bench`.
@@ -248,7 +248,9 @@ async fn main() {
     let rounds = arg("--rounds", 3);
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL names the bench database");
     let options = PgConnectOptions::from_str(&url).expect("a valid DATABASE_URL");
-    let pool = PgPoolOptions::new()
+    // Every pool here, baselines' and store's alike, has the settings of the store's own
+    // pools (no ping before each call on a connection used within the last second).
+    let pool = pg_eventstore_client::pool_options()
         .max_connections(16)
         .connect_with(options.clone())
         .await
@@ -325,7 +327,7 @@ async fn portable_ratios(
     pool.execute(format!("CREATE DATABASE {name}").as_str())
         .await
         .expect("create the portable bench database");
-    let portable = PgPoolOptions::new()
+    let portable = pg_eventstore_client::pool_options()
         .max_connections(16)
         .connect_with(options.clone().database(name))
         .await
@@ -345,7 +347,7 @@ async fn portable_ratios(
     let mut all_met = ratio_table(("INSERT ev/s", "append ev/s"), &rows, seconds, rounds).await;
     match std::env::var("MESSAGE_DB_URL") {
         Ok(url) => {
-            let message_db = PgPoolOptions::new()
+            let message_db = pg_eventstore_client::pool_options()
                 .max_connections(16)
                 .connect_with(
                     PgConnectOptions::from_str(&url)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use pg_eventstore_client::projection::{self, Daemon, DaemonOptions};
 use pg_eventstore_client::{EventData, EventStore, ExpectedVersion};
 use pg_eventstore_shop::ShopProjection;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 
 const DATABASE: &str = "bench_projection";
@@ -27,7 +27,7 @@ async fn database(admin: &PgPool, options: &PgConnectOptions) -> EventStore {
         .execute(admin)
         .await
         .expect("create the bench database");
-    let pool = PgPoolOptions::new()
+    let pool = pg_eventstore_client::pool_options()
         .max_connections(16)
         .connect_with(options.clone().database(DATABASE))
         .await

@@ -112,7 +112,7 @@ pub use group::{
 pub use health::{Health, InFlightTransaction};
 pub use migrations::{AppliedMigration, Form, Install, Switched, HISTORY_TABLE};
 pub use read::{EventStream, ReadAllOptions, ReadStreamOptions, MAX_PAGE_SIZE};
-pub use store::EventStore;
+pub use store::{pool_options, EventStore};
 pub use subscription::{Subscription, SubscriptionOptions, WakeUps, CHANNEL};
 
 /// How this process names itself where a name is needed and none is given (a projection's

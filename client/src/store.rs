@@ -1,6 +1,7 @@
 //! [`EventStore`]: appends and reads on a pool, or in the caller's transaction.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgExecutor, PgPool, Row};
@@ -15,6 +16,26 @@ use crate::{
     ReadStreamOptions, Result,
 };
 use std::sync::Arc;
+
+/// How long a pooled connection may sit idle and still be handed out without a ping.
+const TRUSTED_IDLE: Duration = Duration::from_secs(1);
+
+/// The settings of the store's own pools ([`EventStore::connect`], and those of
+/// `eventstore serve`), for callers that build their pool themselves.
+///
+/// sqlx tests every connection it hands out with a ping by default: one more round trip to
+/// the server before each call, as long as an append's own. A connection is also pinged when
+/// it goes back to the pool, so one used less than a second ago is handed out as it is, and
+/// only one idle for longer is pinged first (and replaced when that fails).
+pub fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(
+                async move { Ok(meta.idle_for < TRUSTED_IDLE || connection.ping().await.is_ok()) },
+            )
+        })
+}
 
 /// A handle on an event store database: cheap to clone, safe to share between tasks.
 ///
@@ -47,7 +68,7 @@ impl EventStore {
                 }
             })?;
         let _ = first.close().await;
-        let pool = PgPoolOptions::new()
+        let pool = pool_options()
             .max_connections(10)
             .connect_lazy_with(options);
         Ok(Self::from_pool(pool))

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use pg_eventstore_client::EventStore;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
@@ -59,7 +58,7 @@ pub(crate) async fn connect_as(
         .username(role)
         .password(password)
         .application_name(application_name);
-    PgPoolOptions::new()
+    pg_eventstore_client::pool_options()
         .max_connections(connections)
         .min_connections(0)
         .idle_timeout(Duration::from_secs(60))
