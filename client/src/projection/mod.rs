@@ -76,7 +76,8 @@ pub trait Projection: Send + Sync + 'static {
 /// Where a [`ProjectionState`] finds the rows it does not hold.
 pub enum Stored<'a> {
     /// In the tables, read through this connection (outside any transaction: only the
-    /// projection's runner writes them, and all it wrote is committed).
+    /// projection's runner writes them, and all it wrote is committed, but for a write still
+    /// in flight of rows the state holds).
     In(&'a mut PgConnection),
     /// Nowhere: the tables hold no row that the state does not hold (a rebuild emptied them
     /// and the state has held every row written since).
@@ -111,6 +112,27 @@ pub trait ProjectionState: Send {
     /// afterwards they count as stored and unchanged.
     fn write<'a>(
         &'a mut self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+    ) -> BoxFuture<'a, std::result::Result<(), ApplyError>>;
+
+    /// Optional: takes the rows changed since the last write out of the state, as a write
+    /// of their own, after which they count as stored and unchanged, as after
+    /// [`ProjectionState::write`]. A runner that is catching up then writes them on another
+    /// connection while it folds the next pages into the state, instead of waiting for the
+    /// write; it waits for one write before it starts the next, and discards the state when
+    /// one fails. `None` (the default): the runner calls [`ProjectionState::write`] and waits.
+    fn take_changes(&mut self) -> Option<Box<dyn StateChanges>> {
+        None
+    }
+}
+
+/// Rows taken out of a [`ProjectionState`] by [`ProjectionState::take_changes`], to be
+/// written while the state folds on.
+pub trait StateChanges: Send + 'static {
+    /// Writes the rows to the tables in `schema` within `tx`.
+    fn write<'a>(
+        self: Box<Self>,
         tx: &'a mut PgConnection,
         schema: &'a str,
     ) -> BoxFuture<'a, std::result::Result<(), ApplyError>>;

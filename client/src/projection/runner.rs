@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use super::batch::{apply_or_locate, Applied, Attempt, BatchTarget};
 use super::{
     ensure_checkpoint, to_i64, transient, ApplyError, Projection, ProjectionFailure,
-    ProjectionState, Stored, LOCK_KEY_SQL,
+    ProjectionState, StateChanges, Stored, LOCK_KEY_SQL,
 };
 use crate::read::{check_page_size, read_all_with_head};
 use crate::retry::{sleep_or_stop, wait_for_events, Backoff};
@@ -323,6 +323,9 @@ pub(crate) struct Runner<'a> {
     read_ahead: Option<ReadAhead>,
     /// The projection's state with the events folded into it since the last write.
     folding: Option<Folding>,
+    /// The last write of the state's changes, on a connection of the pool, while folding
+    /// goes on: the checkpoint is at `stored` until it is settled.
+    writing: Option<Writing>,
     /// Events up to here are applied batch by batch, not folded: folding or writing them
     /// failed, and [`apply_or_locate`] finds the event that fails.
     plain_through: u64,
@@ -340,6 +343,24 @@ impl Drop for ReadAhead {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A write of a state's changes and the checkpoint, in a transaction of its own.
+struct Writing {
+    /// The checkpoint it moves to.
+    through: u64,
+    /// The events it applies.
+    events: u64,
+    task: JoinHandle<Result<Written>>,
+}
+
+/// How a [`Writing`] ended.
+enum Written {
+    Committed,
+    /// The checkpoint was not where the runner left it (a rebuild moved it): rolled back.
+    Moved(u64),
+    /// The projection's write failed: rolled back.
+    Failed(ApplyError),
 }
 
 struct Folding {
@@ -375,14 +396,16 @@ impl<'a> Runner<'a> {
             applied: 0,
             read_ahead: None,
             folding: None,
+            writing: None,
             plain_through: 0,
             emptied: false,
         })
     }
 
-    /// Events folded and not yet written.
+    /// Events folded and not yet written (or not yet committed).
     pub(crate) fn pending(&self) -> u64 {
         self.folding.as_ref().map_or(0, |folding| folding.events)
+            + self.writing.as_ref().map_or(0, |writing| writing.events)
     }
 
     /// Applies batches until caught up, then waits for wake-ups (or the poll interval);
@@ -458,6 +481,12 @@ impl<'a> Runner<'a> {
         let full = full && until.is_none_or(|until| through < until);
         if full {
             self.read_ahead_from(through);
+        }
+        if events.is_empty() || self.cursor < self.plain_through {
+            // What follows reads the checkpoint or writes past it.
+            if let Some(step) = self.settle().await? {
+                return Ok(step);
+            }
         }
         if events.is_empty() {
             if self.pending() > 0 {
@@ -549,6 +578,11 @@ impl<'a> Runner<'a> {
             let Some(state) = self.projection.state() else {
                 return Ok(None);
             };
+            // A fresh state reads the rows it needs from the tables: the last write must be
+            // in them.
+            if let Some(step) = self.settle().await? {
+                return Ok(Some(step));
+            }
             self.folding = Some(Folding {
                 state,
                 events: 0,
@@ -566,6 +600,9 @@ impl<'a> Runner<'a> {
         };
         let schema = self.projection.schema();
         if let Err(error) = folding.state.fold(stored, schema, events).await {
+            if let Some(step) = self.settle().await? {
+                return Ok(Some(step));
+            }
             return Ok(Some(self.fall_back(through, error)));
         }
         folding.events += events.len() as u64;
@@ -576,9 +613,78 @@ impl<'a> Runner<'a> {
             // A rebuild's reader sees emptied tables until it is done anyway.
             || (!self.emptied && folding.since.elapsed() >= self.write_every);
         if due {
+            if let Some(step) = self.settle().await? {
+                return Ok(Some(step));
+            }
+            if full {
+                if let Some(step) = self.start_writing() {
+                    return Ok(Some(step));
+                }
+            }
             return self.write_folded(full).await.map(Some);
         }
         Ok(Some(Step::Applied { full }))
+    }
+
+    /// Takes the folded changes out of the state and writes them, with the checkpoint, on
+    /// a connection of the pool while the runner goes on folding; `None` when the state
+    /// cannot hand its changes over (then the caller writes them and waits). Only while
+    /// catching up, with no write in flight: a runner that has caught up waits for its write.
+    fn start_writing(&mut self) -> Option<Step> {
+        debug_assert!(self.writing.is_none());
+        let folding = self.folding.as_mut().expect("a state to write");
+        let changes = folding.state.take_changes()?;
+        let events = std::mem::take(&mut folding.events);
+        let forget = folding.state.rows() >= self.state_rows;
+        let (pool, name, schema) = (
+            self.pool.clone(),
+            self.projection.name().to_owned(),
+            self.projection.schema().to_owned(),
+        );
+        let (from, through) = (self.stored, self.cursor);
+        let task = tokio::spawn(async move {
+            write_changes(&pool, &name, &schema, changes, from, through, events).await
+        });
+        self.writing = Some(Writing {
+            through,
+            events,
+            task,
+        });
+        if forget {
+            // The next state reads its rows from the tables, once this write is in them.
+            let forgotten = self.folding.take();
+            tokio::task::spawn_blocking(move || drop(forgotten));
+            self.emptied = false;
+        }
+        Some(Step::Applied { full: true })
+    }
+
+    /// Waits for the write in flight, if any. `None` when there was none or it committed
+    /// (the checkpoint is then at its end); otherwise what the runner does next, with the
+    /// state discarded: its changes since `stored` are not in the tables.
+    async fn settle(&mut self) -> Result<Option<Step>> {
+        let Some(writing) = self.writing.take() else {
+            return Ok(None);
+        };
+        // The task is never aborted: it failed only by panicking, as the write would have here.
+        let written = writing
+            .task
+            .await
+            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
+        match written {
+            Ok(Written::Committed) => {
+                self.stored = writing.through;
+                self.applied += writing.events;
+                self.last_write = Instant::now();
+                Ok(None)
+            }
+            Ok(Written::Moved(position)) => Ok(Some(self.moved_to(position))),
+            Ok(Written::Failed(error)) => Ok(Some(self.fall_back(writing.through, error))),
+            Err(error) => {
+                self.discard();
+                Err(error)
+            }
+        }
     }
 
     /// Writes the folded state and moves the checkpoint to the cursor, in one transaction.
@@ -661,6 +767,9 @@ impl<'a> Runner<'a> {
     /// Writes what was folded, and the cursor back as the checkpoint if it moved past it
     /// over skipped events.
     pub(crate) async fn flush(&mut self) -> Result<()> {
+        if let Some(Step::Retry(error)) = self.settle().await? {
+            tracing::warn!(projection = %self.projection.name(), %error, "writing folded events failed; they are applied again");
+        }
         if self.pending() > 0 {
             self.write_folded(false).await?;
         }
@@ -777,6 +886,31 @@ async fn advance_checkpoint(
     .execute(tx)
     .await?;
     Ok(updated.rows_affected() == 1)
+}
+
+/// One transaction on a connection of `pool`: writes `changes` and moves the checkpoint of
+/// `name` from `from` to `through`.
+async fn write_changes(
+    pool: &PgPool,
+    name: &str,
+    schema: &str,
+    changes: Box<dyn StateChanges>,
+    from: u64,
+    through: u64,
+    events: u64,
+) -> Result<Written> {
+    let mut tx = pool.begin().await?;
+    if let Err(error) = changes.write(&mut tx, schema).await {
+        tx.rollback().await?;
+        return Ok(Written::Failed(error));
+    }
+    if !advance_checkpoint(&mut tx, name, from, through, events).await? {
+        tx.rollback().await?;
+        let mut connection = pool.acquire().await?;
+        return Ok(Written::Moved(load_position(&mut connection, name).await?));
+    }
+    tx.commit().await?;
+    Ok(Written::Committed)
 }
 
 async fn record_failure(connection: &mut PgConnection, failure: &ProjectionFailure) -> Result<()> {
