@@ -242,6 +242,11 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The allocator of `eventstore` (see its main.rs), so the projections measured here run
+/// as the daemon runs them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let seconds = arg("--seconds", 5);

@@ -25,8 +25,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// The changed rows that make a catching-up runner write at once. A write is one
 /// transaction, and while it runs it holds back every reader of the global log in the
 /// cluster (events after its transaction id are not readable until it ends), so it must
-/// stay short: about two seconds for 100,000 rows here.
-const WRITE_ROWS: usize = 100_000;
+/// stay short (100,000 rows took about two seconds here). Smaller writes also leave less to
+/// write after the last page of a catch-up, the one write the runner waits for.
+const WRITE_ROWS: usize = 25_000;
 /// Longest wait between retries of an event that fails.
 const LAST_FAILURE_RETRY: Duration = Duration::from_secs(60);
 /// How often a catching-up runner logs its progress.
