@@ -40,7 +40,8 @@ rm -f /tmp/err.$$
 migrated=$("$bin" migrate)
 for applied in "V1__pg_eventstore_extension (eventstore_schema_history)" \
   "V4__projection_checkpoints (eventstore_schema_history)" \
-  "V1__persistent_subscriptions (kurrentdb_schema_history)" "V1__shop_read_models (shop_schema_history)"; do
+  "V1__persistent_subscriptions (kurrentdb_schema_history)" "V1__shop_read_models (shop_schema_history)" \
+  "V2__shop_read_models_storage (shop_schema_history)"; do
   grep -qF "applied $applied" <<<"$migrated" || fail "migrate: $migrated"
 done
 expect "up to date" "second migrate" "$bin" migrate

@@ -52,7 +52,10 @@ async fn the_store_migrations_create_the_store_and_nothing_else() {
 
     // The shop's set comes on request, with a history of its own.
     let shop = pg_eventstore_shop::migrate(&store).await.unwrap();
-    assert_eq!(shop, applied(&[(1, "shop_read_models")]));
+    assert_eq!(
+        shop,
+        applied(&[(1, "shop_read_models"), (2, "shop_read_models_storage")])
+    );
     assert_eq!(schemas(&db).await, ["eventstore", "projections", "shop"]);
     assert_eq!(pg_eventstore_shop::migrate(&store).await.unwrap(), vec![]);
 
@@ -166,7 +169,10 @@ async fn a_database_set_up_by_release_0_2_0_keeps_its_events_read_models_and_che
         ]
     );
     let shop = pg_eventstore_shop::migrate(&store).await.unwrap();
-    assert_eq!(shop, applied(&[(1, "shop_read_models")]));
+    assert_eq!(
+        shop,
+        applied(&[(1, "shop_read_models"), (2, "shop_read_models_storage")])
+    );
     assert_eq!(store.migrate().await.unwrap(), vec![]);
     let kept: (i64, String) = sqlx::query_as(
         "SELECT c.position, u.full_name FROM projections.checkpoints c, shop.users u \
