@@ -79,8 +79,9 @@ pub enum Stored<'a> {
     /// projection's runner writes them, and all it wrote is committed, but for a write still
     /// in flight of rows the state holds).
     In(&'a mut PgConnection),
-    /// Nowhere: the tables hold no row that the state does not hold (a rebuild emptied them
-    /// and the state has held every row written since).
+    /// Nowhere: the tables hold no row that the state does not hold (they were empty when
+    /// the runner took the projection, or a rebuild emptied them, and the state has held
+    /// every row written since).
     Held,
 }
 

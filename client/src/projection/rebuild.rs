@@ -65,6 +65,7 @@ pub async fn rebuild(
         // The reset just emptied the tables, and this session holds the lock: a state
         // folded from here holds every row there is.
         runner.emptied = true;
+        runner.rebuilding = true;
         loop {
             match runner.step(Some(target)).await? {
                 Step::Applied { .. } | Step::Idle | Step::Moved => {}

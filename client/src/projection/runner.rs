@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::batch::{apply_or_locate, Applied, Attempt, BatchTarget};
 use super::{
-    ensure_checkpoint, to_i64, transient, ApplyError, Projection, ProjectionFailure,
+    ensure_checkpoint, quote_ident, to_i64, transient, ApplyError, Projection, ProjectionFailure,
     ProjectionState, StateChanges, Stored, LOCK_KEY_SQL,
 };
 use crate::read::{check_page_size, read_all_with_head};
@@ -293,6 +293,25 @@ async fn take_turn(
     Ok(Turn::Stopped)
 }
 
+/// Whether the projection's tables hold no row (false for a projection without tables,
+/// whose state keeps its rows somewhere this cannot see).
+async fn tables_empty(connection: &mut PgConnection, projection: &dyn Projection) -> Result<bool> {
+    let tables = projection.tables();
+    if tables.is_empty() {
+        return Ok(false);
+    }
+    let schema = quote_ident(projection.schema());
+    let probes = tables
+        .iter()
+        .map(|table| format!("NOT EXISTS (SELECT FROM {schema}.{})", quote_ident(table)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    Ok(sqlx::query_scalar(&format!("SELECT {probes}"))
+        .persistent(false)
+        .fetch_one(connection)
+        .await?)
+}
+
 /// `pg_try_advisory_lock` on the projection's key, for this session.
 pub(crate) async fn try_lock(connection: &mut PgConnection, name: &str) -> Result<bool> {
     Ok(
@@ -330,8 +349,12 @@ pub(crate) struct Runner<'a> {
     /// Events up to here are applied batch by batch, not folded: folding or writing them
     /// failed, and [`apply_or_locate`] finds the event that fails.
     plain_through: u64,
-    /// The tables hold no row that `folding` does not (a rebuild just emptied them).
+    /// The tables hold no row that `folding` does not: they were empty when this runner
+    /// took the projection, or a rebuild just emptied them.
     pub(crate) emptied: bool,
+    /// A rebuild runs this runner: its readers see emptied tables until it is done, so the
+    /// runner writes only when the state is big enough, not every `write_every`.
+    pub(crate) rebuilding: bool,
 }
 
 /// A page being read on a connection of the pool.
@@ -383,6 +406,12 @@ impl<'a> Runner<'a> {
         check_page_size(options.batch_size)?;
         ensure_checkpoint(connection, projection.name()).await?;
         let stored = load_position(connection, projection.name()).await?;
+        // The caller holds the projection's lock, so nobody else fills the tables: found
+        // empty, they hold no row a state folded from here would not hold, and a first
+        // catch-up folds without looking rows up (a write still in flight of a previous
+        // owner loses its checkpoint check against this runner's, or wins it and moves
+        // this runner on).
+        let emptied = tables_empty(connection, projection).await?;
         Ok(Runner {
             connection,
             pool,
@@ -399,7 +428,8 @@ impl<'a> Runner<'a> {
             folding: None,
             writing: None,
             plain_through: 0,
-            emptied: false,
+            emptied,
+            rebuilding: false,
         })
     }
 
@@ -612,7 +642,7 @@ impl<'a> Runner<'a> {
             || folding.state.rows() >= self.state_rows
             || folding.state.changed() >= WRITE_ROWS
             // A rebuild's reader sees emptied tables until it is done anyway.
-            || (!self.emptied && folding.since.elapsed() >= self.write_every);
+            || (!self.rebuilding && folding.since.elapsed() >= self.write_every);
         if due {
             if let Some(step) = self.settle().await? {
                 return Ok(Some(step));
