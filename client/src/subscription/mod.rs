@@ -319,6 +319,11 @@ struct Follow {
     /// has not turned out to be behind the checkpoint since: the feed may serve the next
     /// events.
     on_feed: bool,
+    /// The last read found the head (a page that was not full), with the wake-up state
+    /// taken before it: the next read waits for a wake-up past it, instead of reading again
+    /// at once. A follower at the head then reads once per wake-up (the notifier coalesces
+    /// commits over its interval), not in a loop that finds a few events each time.
+    at_head: Option<Hint>,
 }
 
 impl Follow {
@@ -375,6 +380,7 @@ impl Follow {
             failed: false,
             feed: feed.as_ref().map(Feed::reader),
             on_feed: false,
+            at_head: None,
         }
     }
 
@@ -413,15 +419,21 @@ impl Follow {
                     // Nothing new from the feed for a poll interval: read directly, in
                     // case its reader is gone.
                 }
+                self.at_head = None;
+            } else if let Some(seen) = self.at_head.take() {
+                self.wait(seen).await;
             }
             // Take the wake-up state before reading, so a wake-up during the read is not
             // mistaken for one already handled.
             let seen = *self.hints.borrow_and_update();
             match self.fetch().await {
                 Ok(0) => {}
-                Ok(_) => {
+                Ok(read) => {
                     backoff.reset();
                     self.recheck = None;
+                    if read < self.page_size as usize {
+                        self.at_head = Some(seen);
+                    }
                     continue;
                 }
                 Err(error) if error.is_transient() => {
