@@ -199,6 +199,17 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The projection's tables ([`Projection::tables`]), each qualified with its schema and
+/// quoted.
+pub(crate) fn qualified_tables(projection: &dyn Projection) -> Vec<String> {
+    let schema = quote_ident(projection.schema());
+    projection
+        .tables()
+        .iter()
+        .map(|table| format!("{schema}.{}", quote_ident(table)))
+        .collect()
+}
+
 /// A transient database error inside an [`ApplyError`] (a lost connection, a conflict):
 /// the batch is retried, not blamed on an event.
 pub(crate) fn transient(error: &ApplyError) -> bool {

@@ -8,7 +8,10 @@ use sqlx::{Connection, PgConnection, Row};
 use super::batch::{apply_or_locate, Applied, Attempt, BatchTarget};
 use super::runner::{runner_connection, try_lock, Runner, Step};
 use super::DaemonOptions;
-use super::{ensure_checkpoint, failure_of, quote_ident, to_i64, to_u64, ApplyError, Projection};
+use super::{
+    ensure_checkpoint, failure_of, qualified_tables, quote_ident, to_i64, to_u64, ApplyError,
+    Projection,
+};
 use crate::read::{check_page_size, read_all_with_head};
 use crate::{Error, EventStore, RecordedEvent, Result};
 
@@ -117,18 +120,7 @@ pub async fn rebuild(
 
 /// Empties the projection's tables and sets its checkpoint to zero, in one transaction.
 async fn reset(connection: &mut PgConnection, projection: &dyn Projection) -> Result<()> {
-    let tables = projection
-        .tables()
-        .iter()
-        .map(|table| {
-            format!(
-                "{}.{}",
-                quote_ident(projection.schema()),
-                quote_ident(table)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let tables = qualified_tables(projection).join(", ");
     let mut tx = connection.begin().await?;
     // Tables first: TRUNCATE waits for a daemon's batch in flight, whose checkpoint update
     // then precedes (and loses to) this one.

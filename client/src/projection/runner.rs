@@ -11,8 +11,8 @@ use tokio::task::JoinHandle;
 
 use super::batch::{apply_or_locate, Applied, Attempt, BatchTarget};
 use super::{
-    ensure_checkpoint, quote_ident, to_i64, transient, ApplyError, Projection, ProjectionFailure,
-    ProjectionState, StateChanges, Stored, LOCK_KEY_SQL,
+    ensure_checkpoint, qualified_tables, to_i64, transient, ApplyError, Projection,
+    ProjectionFailure, ProjectionState, StateChanges, Stored, LOCK_KEY_SQL,
 };
 use crate::read::{check_page_size, read_all_with_head};
 use crate::retry::{sleep_or_stop, wait_for_events, Backoff};
@@ -296,14 +296,13 @@ async fn take_turn(
 /// Whether the projection's tables hold no row (false for a projection without tables,
 /// whose state keeps its rows somewhere this cannot see).
 async fn tables_empty(connection: &mut PgConnection, projection: &dyn Projection) -> Result<bool> {
-    let tables = projection.tables();
+    let tables = qualified_tables(projection);
     if tables.is_empty() {
         return Ok(false);
     }
-    let schema = quote_ident(projection.schema());
     let probes = tables
         .iter()
-        .map(|table| format!("NOT EXISTS (SELECT FROM {schema}.{})", quote_ident(table)))
+        .map(|table| format!("NOT EXISTS (SELECT FROM {table})"))
         .collect::<Vec<_>>()
         .join(" AND ");
     Ok(sqlx::query_scalar(&format!("SELECT {probes}"))
